@@ -1,0 +1,137 @@
+"""Loading the knowledge in profiles/ (YAML, every fact with its source)."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+from .errors import InputError
+from .units import MiB
+
+
+def _yaml_load(text: str) -> Any:
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster, keeps explain quick
+    return yaml.load(text, Loader=loader)
+
+
+@lru_cache(maxsize=None)
+def load_profile(name: str) -> Any:
+    """One YAML file of the qwenplan.profiles package, parsed once per process."""
+    text = resources.files("qwenplan.profiles").joinpath(name).read_text(encoding="utf-8")
+    return _yaml_load(text)
+
+
+def profile_text(name: str) -> str:
+    return resources.files("qwenplan.profiles").joinpath(name).read_text(encoding="utf-8")
+
+
+# --- GPUs ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GPUProfile:
+    id: str
+    name: str
+    aliases: tuple[str, ...]
+    architecture: str
+    compute_capability: str
+    memory_mib: int
+    memory_mib_measured: bool
+    memory_bandwidth_gbs: float | None
+    bf16: bool
+    fp8: bool
+    fp4: bool
+    nvlink: bool
+    unified_memory: bool
+    tier: str
+    sources: tuple[str, ...] = field(default=())
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.memory_mib * MiB
+
+    @property
+    def label(self) -> str:
+        return self.name.replace("NVIDIA ", "", 1)
+
+    def cc_tuple(self) -> tuple[int, int]:
+        major, _, minor = self.compute_capability.partition(".")
+        return int(major), int(minor or 0)
+
+
+def _gpu_from(d: dict) -> GPUProfile:
+    return GPUProfile(
+        id=d["id"], name=d["name"], aliases=tuple(str(a) for a in d.get("aliases") or ()),
+        architecture=d["architecture"], compute_capability=str(d["compute_capability"]),
+        memory_mib=int(d["memory_mib"]), memory_mib_measured=bool(d.get("memory_mib_measured")),
+        memory_bandwidth_gbs=d.get("memory_bandwidth_gbs"), bf16=bool(d.get("bf16")), fp8=bool(d.get("fp8")),
+        fp4=bool(d.get("fp4")), nvlink=bool(d.get("nvlink")), unified_memory=bool(d.get("unified_memory")),
+        tier=d.get("tier", "datacenter"), sources=tuple(d.get("sources") or ([d["source"]] if d.get("source") else [])),
+    )
+
+
+@lru_cache(maxsize=1)
+def gpus() -> tuple[GPUProfile, ...]:
+    return tuple(_gpu_from(d) for d in load_profile("gpus.yaml")["gpus"])
+
+
+_NOISE = re.compile(r"\b(nvidia|geforce|tesla|quadro)\b")
+
+
+def normalize_gpu_name(name: str) -> str:
+    """'NVIDIA GeForce RTX 4090' -> 'rtx4090'; '4090' -> '4090'."""
+    s = _NOISE.sub(" ", name.lower())
+    return re.sub(r"[^a-z0-9]+", "", s)
+
+
+@lru_cache(maxsize=1)
+def _gpu_index() -> dict[str, list[GPUProfile]]:
+    index: dict[str, list[GPUProfile]] = {}
+    for p in gpus():
+        keys = {normalize_gpu_name(p.name), normalize_gpu_name(p.id), *(normalize_gpu_name(a) for a in p.aliases)}
+        for k in keys:
+            index.setdefault(k, []).append(p)
+    return index
+
+
+def find_gpu(name: str, memory_bytes: int | None = None) -> GPUProfile | None:
+    """The profile for an NVML name, a marketing name or an alias; None if unknown.
+    Where one name covers several memory sizes (RTX 3060 12 GB / 8 GB), memory decides."""
+    key = normalize_gpu_name(name)
+    found = _gpu_index().get(key)
+    if not found and key.startswith("rtx"):
+        found = _gpu_index().get(key[3:])
+    if not found and " MIG " in name:  # a MIG instance belongs to its parent GPU's profile
+        return find_gpu(name.split(" MIG ", 1)[0], None)
+    if not found:
+        return None
+    if memory_bytes is None or len(found) == 1:
+        return found[0]
+    return min(found, key=lambda p: abs(p.memory_bytes - memory_bytes))
+
+
+def nearest_gpu_names(name: str, n: int = 4) -> list[str]:
+    labels = {}
+    for p in gpus():
+        for label in (p.label, *p.aliases):
+            labels.setdefault(normalize_gpu_name(label), p.label)
+    close = difflib.get_close_matches(normalize_gpu_name(name), list(labels), n=n * 3, cutoff=0.5)
+    out: list[str] = []
+    for k in close:
+        if labels[k] not in out:
+            out.append(labels[k])
+    return out[:n]
+
+
+def require_gpu(name: str) -> GPUProfile:
+    profile = find_gpu(name)
+    if profile is None:
+        near = nearest_gpu_names(name)
+        hint = f"nearest known: {', '.join(near)}" if near else "see `qwenplan gpus` for the known names"
+        raise InputError(f"unknown GPU {name!r}", hint + " (or describe the box in a --hardware file)")
+    return profile

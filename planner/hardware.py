@@ -1,0 +1,308 @@
+"""The hardware document (`qwenplan.hardware/1`): what a box has, as the engine will see it.
+
+A document from `probe --json` on one box is a valid `--hardware` input on any other.
+Unknown fields are kept (and written back) but ignored; missing optional fields take the
+defaults below. Hand-written documents may give sizes as strings ("80GiB") and may leave
+out a GPU's memory or compute capability when its name is a known GPU profile.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import HardwareFileError
+from .units import MiB, parse_size
+
+SCHEMA = "qwenplan.hardware/1"
+
+# Memory the driver keeps for itself, outside what CUDA reports as total. NVML's v2 memory
+# query says how much on a real GPU (480 MiB on the H100 in shared/fixtures/probes); for
+# hardware we only imagine, this is the assumption.
+ASSUMED_RESERVED_BYTES = 512 * MiB
+
+
+@dataclass
+class GPU:
+    index: int
+    name: str
+    memory_total_bytes: int | None
+    memory_free_bytes: int | None
+    compute_capability: str | None
+    uuid: str | None = None
+    pci_bus_id: str | None = None
+    memory_reserved_bytes: int | None = None
+    mig: bool = False
+    mig_profile: str | None = None
+    nvlink_peers: list[int] = field(default_factory=list)
+    nvml_index: int | None = None
+    processes: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cuda_total_bytes(self) -> int | None:
+        """What cudaMemGetInfo calls total (and vLLM multiplies by its memory fraction)."""
+        if self.memory_total_bytes is None:
+            return None
+        reserved = self.memory_reserved_bytes
+        if reserved is None:
+            reserved = ASSUMED_RESERVED_BYTES
+        return self.memory_total_bytes - reserved
+
+    @property
+    def cuda_free_bytes(self) -> int | None:
+        """Memory free for a new process, as CUDA would report it before any context."""
+        if self.memory_free_bytes is None:
+            return None
+        return min(self.memory_free_bytes, self.cuda_total_bytes or self.memory_free_bytes)
+
+    def compute_capability_tuple(self) -> tuple[int, int] | None:
+        if not self.compute_capability:
+            return None
+        major, _, minor = self.compute_capability.partition(".")
+        return int(major), int(minor or 0)
+
+
+@dataclass
+class Host:
+    ram_total_bytes: int | None = None
+    ram_available_bytes: int | None = None
+    cgroup_memory_limit_bytes: int | None = None
+    swap_total_bytes: int | None = None
+    cpu_count: int | None = None
+    shm_bytes: int | None = None
+    disk_path: str | None = None
+    disk_free_bytes: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def usable_ram_bytes(self) -> int | None:
+        """RAM this process may use: the cgroup limit caps what psutil reports for the host."""
+        values = [v for v in (self.ram_available_bytes, self.cgroup_memory_limit_bytes) if v is not None]
+        return min(values) if values else None
+
+
+@dataclass
+class Hardware:
+    gpus: list[GPU]
+    host: Host = field(default_factory=Host)
+    driver: dict[str, str | None] = field(default_factory=lambda: {"version": None, "cuda": None})
+    engines: dict[str, str | None] = field(default_factory=lambda: {"vllm": None, "sglang": None})
+    notes: list[str] = field(default_factory=list)
+    origin: str = "probe"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        gpus = []
+        for g in self.gpus:
+            d = {
+                "index": g.index, "name": g.name, "uuid": g.uuid, "pci_bus_id": g.pci_bus_id,
+                "memory_total_bytes": g.memory_total_bytes, "memory_free_bytes": g.memory_free_bytes,
+                "memory_reserved_bytes": g.memory_reserved_bytes,
+                "compute_capability": g.compute_capability, "mig": g.mig, "mig_profile": g.mig_profile,
+                "nvlink_peers": list(g.nvlink_peers), "nvml_index": g.nvml_index, "processes": g.processes,
+            }
+            d.update(g.extra)
+            gpus.append(d)
+        h = self.host
+        host = {
+            "ram_total_bytes": h.ram_total_bytes, "ram_available_bytes": h.ram_available_bytes,
+            "cgroup_memory_limit_bytes": h.cgroup_memory_limit_bytes, "swap_total_bytes": h.swap_total_bytes,
+            "cpu_count": h.cpu_count, "shm_bytes": h.shm_bytes, "disk_path": h.disk_path,
+            "disk_free_bytes": h.disk_free_bytes,
+        }
+        host.update(h.extra)
+        doc = {"schema": SCHEMA, "origin": self.origin, "gpus": gpus, "host": host,
+               "driver": dict(self.driver), "engines": dict(self.engines), "notes": list(self.notes)}
+        doc.update(self.extra)
+        return doc
+
+
+# --- reading a document ------------------------------------------------------------------
+
+_GPU_KEYS = {"index", "name", "uuid", "pci_bus_id", "memory_total_bytes", "memory_free_bytes",
+             "memory_reserved_bytes", "compute_capability", "mig", "mig_profile", "nvlink_peers",
+             "nvml_index", "processes"}
+_HOST_KEYS = {"ram_total_bytes", "ram_available_bytes", "cgroup_memory_limit_bytes", "swap_total_bytes",
+              "cpu_count", "shm_bytes", "disk_path", "disk_free_bytes"}
+_TOP_KEYS = {"schema", "origin", "gpus", "host", "driver", "engines", "notes"}
+
+
+class _Reader:
+    """Validates one document, naming the field of the first problem."""
+
+    def __init__(self, label: str):
+        self.label = label
+
+    def fail(self, path: str, message: str):
+        raise HardwareFileError(f"{self.label}: {path} {message}",
+                                "fix that field (see `qwenplan probe --json` for a valid document)")
+
+    def size(self, d: dict, key: str, path: str) -> int | None:
+        value = d.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool):
+            self.fail(f"{path}.{key}", f"must be a number of bytes or a size like '80GiB', not {value!r}")
+        if isinstance(value, (int, float)):
+            if value < 0:
+                self.fail(f"{path}.{key}", f"must not be negative (got {value})")
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return parse_size(value)
+            except Exception:
+                self.fail(f"{path}.{key}", f"must be a number of bytes or a size like '80GiB' (got {value!r})")
+        self.fail(f"{path}.{key}", f"must be a number of bytes (got {type(value).__name__})")
+
+    def integer(self, d: dict, key: str, path: str, minimum: int = 0) -> int | None:
+        value = d.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self.fail(f"{path}.{key}", f"must be an integer >= {minimum} (got {value!r})")
+        return value
+
+    def text(self, d: dict, key: str, path: str, required: bool = False) -> str | None:
+        value = d.get(key)
+        if value is None:
+            if required:
+                self.fail(f"{path}.{key}", "is required")
+            return None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key == "compute_capability":
+            value = f"{value:.1f}"
+        if not isinstance(value, str) or (required and not value.strip()):
+            self.fail(f"{path}.{key}", f"must be a string (got {value!r})")
+        return value
+
+    def mapping(self, value: Any, path: str) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(path, f"must be a mapping (got {type(value).__name__})")
+        return value
+
+
+def _read_gpu(r: _Reader, d: Any, i: int, lookup) -> GPU:
+    path = f"gpus[{i}]"
+    if not isinstance(d, dict):
+        r.fail(path, f"must be a mapping (got {type(d).__name__})")
+    name = r.text(d, "name", path, required=True)
+    cc = r.text(d, "compute_capability", path)
+    if cc is not None and not _valid_cc(cc):
+        r.fail(f"{path}.compute_capability", f"must look like '8.9' (got {cc!r})")
+    total = r.size(d, "memory_total_bytes", path)
+    free = r.size(d, "memory_free_bytes", path)
+    if (total is None or cc is None) and lookup is not None:
+        # A hand-written document may name a known GPU and leave its facts to the profile.
+        profile = lookup(name)
+        if profile is not None:
+            total = total if total is not None else profile.memory_bytes
+            cc = cc or profile.compute_capability
+    if total is not None and free is not None and free > total:
+        r.fail(f"{path}.memory_free_bytes", f"({free}) is larger than memory_total_bytes ({total})")
+    if free is None and total is not None:
+        reserved = r.size(d, "memory_reserved_bytes", path)
+        free = total - (reserved if reserved is not None else ASSUMED_RESERVED_BYTES)
+    peers = d.get("nvlink_peers") or []
+    if not isinstance(peers, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in peers):
+        r.fail(f"{path}.nvlink_peers", f"must be a list of GPU indices (got {peers!r})")
+    mig = d.get("mig", False)
+    if not isinstance(mig, bool):
+        r.fail(f"{path}.mig", f"must be true or false (got {mig!r})")
+    index = r.integer(d, "index", path)
+    return GPU(
+        index=i if index is None else index, name=name, memory_total_bytes=total, memory_free_bytes=free,
+        compute_capability=cc, uuid=r.text(d, "uuid", path), pci_bus_id=r.text(d, "pci_bus_id", path),
+        memory_reserved_bytes=r.size(d, "memory_reserved_bytes", path), mig=mig,
+        mig_profile=r.text(d, "mig_profile", path), nvlink_peers=list(peers),
+        nvml_index=r.integer(d, "nvml_index", path), processes=r.integer(d, "processes", path),
+        extra={k: v for k, v in d.items() if k not in _GPU_KEYS},
+    )
+
+
+def _valid_cc(cc: str) -> bool:
+    major, dot, minor = cc.partition(".")
+    return major.isdigit() and (not dot or minor.isdigit())
+
+
+def from_dict(doc: Any, label: str = "hardware document", lookup=None) -> Hardware:
+    """Validate and read a hardware document. `lookup(name)` finds a GPU profile or None."""
+    r = _Reader(label)
+    if not isinstance(doc, dict):
+        r.fail("(top level)", f"must be a mapping with a 'gpus' list (got {type(doc).__name__})")
+    schema = doc.get("schema", SCHEMA)
+    if schema != SCHEMA:
+        r.fail("schema", f"is {schema!r}; this qwenplan reads {SCHEMA!r}")
+    gpus_raw = doc.get("gpus")
+    if gpus_raw is None:
+        r.fail("gpus", "is required (a list, empty for a box without GPUs)")
+    if not isinstance(gpus_raw, list):
+        r.fail("gpus", f"must be a list (got {type(gpus_raw).__name__})")
+    gpus = [_read_gpu(r, g, i, lookup) for i, g in enumerate(gpus_raw)]
+    indices = [g.index for g in gpus]
+    if len(set(indices)) != len(indices):
+        r.fail("gpus", f"has repeated indices {indices}")
+    for g in gpus:
+        for p in g.nvlink_peers:
+            if p not in indices or p == g.index:
+                r.fail(f"gpus[{indices.index(g.index)}].nvlink_peers", f"names GPU {p}, which is not another GPU here")
+    h = r.mapping(doc.get("host"), "host")
+    cpu = r.integer(h, "cpu_count", "host", minimum=1)
+    host = Host(
+        ram_total_bytes=r.size(h, "ram_total_bytes", "host"),
+        ram_available_bytes=r.size(h, "ram_available_bytes", "host"),
+        cgroup_memory_limit_bytes=r.size(h, "cgroup_memory_limit_bytes", "host"),
+        swap_total_bytes=r.size(h, "swap_total_bytes", "host"), cpu_count=cpu,
+        shm_bytes=r.size(h, "shm_bytes", "host"), disk_path=r.text(h, "disk_path", "host"),
+        disk_free_bytes=r.size(h, "disk_free_bytes", "host"),
+        extra={k: v for k, v in h.items() if k not in _HOST_KEYS},
+    )
+    if host.ram_total_bytes is None and host.ram_available_bytes is not None:
+        host.ram_total_bytes = host.ram_available_bytes
+    if host.ram_available_bytes is None and host.ram_total_bytes is not None:
+        host.ram_available_bytes = host.ram_total_bytes
+    driver = r.mapping(doc.get("driver"), "driver")
+    engines = r.mapping(doc.get("engines"), "engines")
+    for key, value in list(driver.items()) + list(engines.items()):
+        if value is not None and not isinstance(value, str):
+            section = "driver" if key in driver else "engines"
+            r.fail(f"{section}.{key}", f"must be a version string or null (got {value!r})")
+    notes = doc.get("notes") or []
+    if not isinstance(notes, list):
+        r.fail("notes", "must be a list of strings")
+    return Hardware(
+        gpus=gpus, host=host,
+        driver={"version": driver.get("version"), "cuda": driver.get("cuda"),
+                **{k: v for k, v in driver.items() if k not in ("version", "cuda")}},
+        engines={"vllm": engines.get("vllm"), "sglang": engines.get("sglang"),
+                 **{k: v for k, v in engines.items() if k not in ("vllm", "sglang")}},
+        notes=[str(n) for n in notes], origin=str(doc.get("origin") or label),
+        extra={k: v for k, v in doc.items() if k not in _TOP_KEYS},
+    )
+
+
+def load(path: str | Path, lookup=None) -> Hardware:
+    """Read a JSON or YAML hardware document from a file."""
+    p = Path(path)
+    label = f"hardware file {p}"
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise HardwareFileError(f"{label} does not exist", "give the path of a file written by `qwenplan probe --json`")
+    except (OSError, UnicodeDecodeError) as e:
+        raise HardwareFileError(f"{label} cannot be read ({e.__class__.__name__})", "give a JSON or YAML text file")
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        import yaml
+
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise HardwareFileError(f"{label} is neither JSON nor YAML{where}", "fix its syntax")
+    return from_dict(doc, label=label, lookup=lookup)

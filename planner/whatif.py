@@ -1,0 +1,38 @@
+"""Hardware we only imagine (`--gpu NAME --gpus N --ram SIZE --disk SIZE`): the same document
+as the probe writes, filled from the GPU profiles instead of NVML."""
+
+from __future__ import annotations
+
+from .catalog import require_gpu
+from .errors import InputError
+from .hardware import ASSUMED_RESERVED_BYTES, GPU, Hardware, Host
+
+
+def what_if(names: list[str], count: int | None = None, ram: int | None = None,
+            disk: int | None = None) -> Hardware:
+    if count is not None and count < 1:
+        raise InputError(f"--gpus {count} is not a GPU count", "give 1 or more")
+    if len(names) > 1 and count not in (None, len(names)):
+        raise InputError(f"--gpus {count} does not match the {len(names)} --gpu names given",
+                         "use --gpus with a single --gpu, or list each GPU with its own --gpu")
+    profiles = [require_gpu(n) for n in names]
+    if len(profiles) == 1 and count:
+        profiles = profiles * count
+    notes = [f"what-if hardware: no probing; GPU facts from profiles/gpus.yaml, "
+             f"{ASSUMED_RESERVED_BYTES >> 20} MiB per GPU assumed reserved by the driver"]
+    linked = len(profiles) > 1 and all(p.nvlink for p in profiles) and len({p.id for p in profiles}) == 1
+    if linked:
+        notes.append("NVLink between all GPUs assumed (the profile says this board is NVLink-capable)")
+    gpus = []
+    for i, p in enumerate(profiles):
+        total = p.memory_bytes
+        gpus.append(GPU(
+            index=i, name=p.name, memory_total_bytes=total, memory_free_bytes=total - ASSUMED_RESERVED_BYTES,
+            memory_reserved_bytes=ASSUMED_RESERVED_BYTES, compute_capability=p.compute_capability,
+            nvlink_peers=[j for j in range(len(profiles)) if j != i] if linked else [],
+        ))
+    if ram is None:
+        notes.append("host RAM not given (--ram): plans that keep experts in host RAM cannot be checked")
+    host = Host(ram_total_bytes=ram, ram_available_bytes=ram, disk_free_bytes=disk,
+                disk_path="~/.cache/huggingface/hub" if disk is not None else None)
+    return Hardware(gpus=gpus, host=host, notes=notes, origin="what-if")

@@ -1,0 +1,83 @@
+"""The flags an engine version accepts, read from that version's own `--help`.
+
+profiles/flags/ENGINE-VERSION.txt holds one flag a line (with its choices where the parser
+restricts them), extracted from the full help of the real program (shared/engines/). A flag
+that is not listed is not accepted by that version: its parser exits "unrecognized arguments".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+_OPTION_LINE = re.compile(r"^ {2}(-{1,2}[A-Za-z0-9][^\s,]*)")
+_FLAG = re.compile(r"(?<![\w-])(--?[A-Za-z0-9][A-Za-z0-9_.-]*)")
+_CHOICES = re.compile(r"\{([^{}]*)\}")
+
+
+def parse_help(text: str) -> dict[str, tuple[str, ...] | None]:
+    """Every option the help lists (aliases and --no- forms too), with its choices or None."""
+    out: dict[str, tuple[str, ...] | None] = {}
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if not _OPTION_LINE.match(line):
+            i += 1
+            continue
+        # an option's head may wrap: "{a,b,\n c}" continues on the next, deeper-indented line
+        head = line.strip()
+        while head.count("{") > head.count("}") and i + 1 < len(lines):
+            i += 1
+            head += lines[i].strip()
+        head = re.split(r"\s{2,}", head, maxsplit=1)[0]  # drop the description on the same line
+        choices = None
+        m = _CHOICES.search(head)
+        if m:
+            choices = tuple(c.strip() for c in m.group(1).split(",") if c.strip())
+        for flag in _FLAG.findall(_CHOICES.sub("", head)):
+            if flag.upper() == flag and not flag.startswith("--"):
+                continue
+            out[flag] = choices
+        i += 1
+    return out
+
+
+def render_flag_file(flags: dict[str, tuple[str, ...] | None], header: str) -> str:
+    lines = [f"# {header}"]
+    for flag in sorted(flags):
+        choices = flags[flag]
+        lines.append(f"{flag} {{{','.join(choices)}}}" if choices else flag)
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class FlagSet:
+    engine: str
+    version: str
+    flags: dict
+
+    def accepts(self, flag: str) -> bool:
+        return flag in self.flags
+
+    def choices(self, flag: str) -> tuple[str, ...] | None:
+        return self.flags.get(flag)
+
+
+@lru_cache(maxsize=None)
+def flag_set(engine: str, version: str) -> FlagSet | None:
+    """The flags of exactly this release, if its help is on file."""
+    name = f"flags/{engine}-{version}.txt"
+    try:
+        text = resources.files("qwenplan.profiles").joinpath(name).read_text(encoding="utf-8")
+    except (FileNotFoundError, OSError):
+        return None
+    flags: dict[str, tuple[str, ...] | None] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        flag, _, rest = line.partition(" ")
+        flags[flag] = tuple(rest.strip("{}").split(",")) if rest else None
+    return FlagSet(engine, version, flags)

@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""A stand-in for `vllm serve` and `python -m sglang.launch_server`, for tests without GPUs.
+
+It parses the argv the way the real engine would (flags outside the real version's flag set
+are "unrecognized arguments", read from profiles/flags/), writes the real engine's memory
+lines to its log, serves /health, /v1/models, /v1/chat/completions and /v1/completions on the
+address it was given, and forwards nothing: like vLLM it runs an "EngineCore" child process,
+so tests can check that no orphan remains.
+
+FAKE_ENGINE_MODE picks a behaviour: ok (default), slow (takes FAKE_ENGINE_DELAY seconds to
+become healthy), and the failures a launcher must recognise: kv-too-small, oom-profile,
+no-cache-blocks, mamba-blocks, mtp-keyerror, marlin, unsupported-arch, crash (exits without a
+known signature), hang (never healthy).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+MODE = os.environ.get("FAKE_ENGINE_MODE", "ok")
+VERSION = os.environ.get("FAKE_ENGINE_VERSION", "0.32.0")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def log(msg: str, who: str = "APIServer") -> None:
+    print(f"({who} pid={os.getpid()}) INFO {time.strftime('%m-%d %H:%M:%S')} [fake.py:1] {msg}", flush=True)
+
+
+def known_flags(engine: str) -> set[str] | None:
+    path = ROOT / "profiles" / "flags" / f"{engine}-{VERSION}.txt"
+    if not path.exists():
+        return None
+    return {line.split(" ")[0] for line in path.read_text().splitlines() if line and not line.startswith("#")}
+
+
+def parse(argv: list[str]) -> tuple[str, dict]:
+    """('vllm' | 'sglang', {flag: value}) — refusing flags the real version lacks."""
+    engine = "vllm"
+    if argv[:1] == ["serve"]:
+        argv = argv[1:]
+    if argv[:2] == ["-m", "sglang.launch_server"]:
+        engine, argv = "sglang", argv[2:]
+    if os.environ.get("FAKE_ENGINE_KIND") == "sglang":
+        engine = "sglang"
+    opts: dict[str, str | bool] = {}
+    flags = known_flags(engine)
+    i = 0
+    bad = []
+    while i < len(argv):
+        a = argv[i]
+        if not a.startswith("-"):
+            opts.setdefault("model", a)
+            i += 1
+            continue
+        key, eq, val = a.partition("=")
+        if flags is not None and key not in flags:
+            bad.append(a)
+        if eq:
+            opts[key] = val
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            opts[key] = argv[i + 1]
+            i += 1
+        else:
+            opts[key] = True
+        i += 1
+    if bad:
+        prog = "vllm serve" if engine == "vllm" else "launch_server.py"
+        print(f"usage: {prog} [options]", file=sys.stderr)
+        print(f"{prog}: error: unrecognized arguments: {' '.join(bad)}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    return engine, opts
+
+
+FAILURES = {
+    "kv-too-small": "ValueError: To serve at least one request with the model's max seq len ({len}), (5.03 GiB KV cache "
+                    "is needed, which is larger than the available KV cache memory (3.26 GiB). Based on the available "
+                    "memory, the estimated maximum model length is 169184. Try increasing `gpu_memory_utilization` or "
+                    "decreasing `max_model_len` when initializing the engine.",
+    "oom-profile": "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
+                   "of 23.52 GiB of which 1.06 GiB is free.",
+    "no-cache-blocks": "ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
+                       "when initializing the engine.",
+    "mamba-blocks": "ValueError: max_num_seqs (256) exceeds available Mamba cache blocks (135).",
+    "mtp-keyerror": "KeyError: 'experts.w2_weight'",
+    "marlin": "RuntimeError: CUDA error: an illegal memory access was encountered (in gptq_marlin_moe_gemm, Marlin MoE)",
+    "unsupported-arch": "torch.AcceleratorError: CUDA error: no kernel image is available for execution on the device",
+    "crash": "Segmentation fault (core dumped)",
+}
+
+
+def engine_core() -> None:
+    """The child process real vLLM starts; it must die with its parent's process group."""
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+    while True:
+        time.sleep(0.2)
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "fake-engine"
+    ready = threading.Event()
+    name = "model"
+    api_key: str | None = None
+    max_len = 0
+
+    def log_message(self, fmt, *args):  # one access line, like uvicorn
+        print(f"INFO:     {self.client_address[0]} - \"{self.requestline}\" {args[1] if len(args) > 1 else ''}", flush=True)
+
+    def _send(self, code: int, body: dict | None = None, stream: list[str] | None = None) -> None:
+        self.send_response(code)
+        if stream is not None:
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            for chunk in stream:
+                self.wfile.write(f"data: {chunk}\n\n".encode())
+                self.wfile.flush()
+                time.sleep(0.01)
+            self.wfile.write(b"data: [DONE]\n\n")
+            return
+        data = json.dumps(body or {}).encode()
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _authorized(self) -> bool:
+        if self.api_key and self.headers.get("Authorization") != f"Bearer {self.api_key}":
+            self._send(401, {"error": "unauthorized"})
+            return False
+        return True
+
+    def do_GET(self):
+        if self.path == "/health":
+            return self._send(200 if self.ready.is_set() else 503, {})
+        if not self._authorized():
+            return
+        if self.path == "/v1/models" and self.ready.is_set():
+            return self._send(200, {"object": "list", "data": [
+                {"id": self.name, "object": "model", "max_model_len": self.max_len}]})
+        self._send(404, {"error": "not found"})
+
+    def do_POST(self):
+        if not self._authorized():
+            return
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        if body.get("model") != self.name:
+            return self._send(404, {"error": f"model {body.get('model')!r} not served"})
+        words = ["Hello", " from", " the", " fake", " engine", "."]
+        n = min(int(body.get("max_tokens") or 16), len(words))
+        if self.path == "/v1/chat/completions":
+            if body.get("stream"):
+                chunks = [json.dumps({"choices": [{"delta": {"content": w}, "index": 0}]}) for w in words[:n]]
+                chunks.append(json.dumps({"choices": [{"delta": {}, "index": 0, "finish_reason": "length"}],
+                                          "usage": {"prompt_tokens": 9, "completion_tokens": n}}))
+                return self._send(200, stream=chunks)
+            return self._send(200, {"choices": [{"message": {"role": "assistant", "content": "".join(words[:n])}}],
+                                    "usage": {"prompt_tokens": 9, "completion_tokens": n}})
+        if self.path == "/v1/completions":
+            return self._send(200, {"choices": [{"text": "".join(words[:n])}], "usage": {"completion_tokens": n}})
+        self._send(404, {"error": "not found"})
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--engine-core"]:
+        return engine_core()
+    engine, opts = parse(sys.argv[1:])
+    model = opts.get("model") or opts.get("--model-path") or opts.get("--model")
+    Handler.name = str((opts.get("--served-model-name") or model or "model"))
+    Handler.api_key = opts.get("--api-key") or os.environ.get("VLLM_API_KEY") or None
+    Handler.max_len = int(opts.get("--max-model-len") or opts.get("--context-length") or 262144)
+    host = str(opts.get("--host") or ("127.0.0.1" if engine == "sglang" else "0.0.0.0"))
+    port = int(opts.get("--port") or (30000 if engine == "sglang" else 8000))
+    log(f"vLLM API server version {VERSION}" if engine == "vllm" else f"sglang version {VERSION}")
+    log(f"non-default args: {json.dumps({k: v for k, v in opts.items()})}")
+    Path(os.environ.get("FAKE_ENGINE_ARGV_FILE", "/dev/null")).write_text(json.dumps(sys.argv[1:]))
+    core = subprocess.Popen([sys.executable, __file__, "--engine-core"])
+    Path(os.environ.get("FAKE_ENGINE_PIDS_FILE", "/dev/null")).write_text(json.dumps([os.getpid(), core.pid]))
+
+    def stop(*_):
+        core.terminate()
+        log("Shutting down", "APIServer")
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log("Model loading took 18.09 GiB memory and 12.5 seconds", "EngineCore")
+    log("Setting attention block size to 1072 tokens to ensure that attention page size is >= mamba page size.", "EngineCore")
+    if MODE in FAILURES:
+        time.sleep(0.3)
+        print(f"(EngineCore pid={core.pid}) ERROR {FAILURES[MODE].format(len=Handler.max_len)}", flush=True)
+        core.terminate()
+        sys.exit(1)
+    log("Available KV cache memory: 2.05 GiB", "EngineCore")
+    log("GPU KV cache size: 131,072 tokens", "EngineCore")
+    log(f"Maximum concurrency for {Handler.max_len:,} tokens per request: 2.00x", "EngineCore")
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    log(f"Starting vLLM server on http://{host}:{port}")
+    if MODE == "hang":
+        while True:
+            time.sleep(1)
+    time.sleep(float(os.environ.get("FAKE_ENGINE_DELAY", "0.5")))
+    Handler.ready.set()
+    log("Application startup complete.")
+    while core.poll() is None:
+        time.sleep(0.2)
+
+
+if __name__ == "__main__":
+    main()

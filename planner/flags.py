@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from .versions import Version
 from functools import lru_cache
 from importlib import resources
 
@@ -66,9 +68,7 @@ class FlagSet:
         return self.flags.get(flag)
 
 
-@lru_cache(maxsize=None)
-def flag_set(engine: str, version: str) -> FlagSet | None:
-    """The flags of exactly this release, if its help is on file."""
+def _read(engine: str, version: str) -> FlagSet | None:
     name = f"flags/{engine}-{version}.txt"
     try:
         text = resources.files("qwenplan.profiles").joinpath(name).read_text(encoding="utf-8")
@@ -81,3 +81,24 @@ def flag_set(engine: str, version: str) -> FlagSet | None:
         flag, _, rest = line.partition(" ")
         flags[flag] = tuple(rest.strip("{}").split(",")) if rest else None
     return FlagSet(engine, version, flags)
+
+
+def versions_on_file(engine: str) -> list[str]:
+    prefix = f"{engine}-"
+    names = [p.name for p in resources.files("qwenplan.profiles").joinpath("flags").iterdir()]
+    out = [n[len(prefix):-4] for n in names if n.startswith(prefix) and n.endswith(".txt")]
+    return sorted((v for v in out if v[:1].isdigit()), key=Version)
+
+
+@lru_cache(maxsize=None)
+def flag_set(engine: str, version: str) -> FlagSet | None:
+    """The flags of this release: its own parser's dump, or that of the nearest earlier patch
+    release of the same minor version (patch releases did not change flags in any dumped pair,
+    e.g. 0.17.0/0.17.1), or None when nothing close is on file."""
+    exact = _read(engine, version)
+    if exact:
+        return exact
+    want = Version(version)
+    same_minor = [v for v in versions_on_file(engine)
+                  if Version(v).release[:2] == want.release[:2] and Version(v) <= want]
+    return _read(engine, same_minor[-1]) if same_minor else None

@@ -28,6 +28,12 @@ class Version:
         dev = int(m.group(5) or 0) if m.group(5) is not None else 10**9
         self.key = (tuple(nums), pre if m.group(5) is None or m.group(2) else (-1, 0), post, dev)
 
+    @property
+    def release(self) -> tuple[int, ...]:
+        """(major, minor, patch), zero-padded."""
+        nums = self.key[0]
+        return tuple(nums) + (0,) * (3 - len(nums))
+
     def __eq__(self, other):
         return self.key == _v(other).key
 

@@ -10,7 +10,11 @@ so tests can check that no orphan remains.
 FAKE_ENGINE_MODE picks a behaviour: ok (default), slow (takes FAKE_ENGINE_DELAY seconds to
 become healthy), and the failures a launcher must recognise: kv-too-small, oom-profile,
 no-cache-blocks, mamba-blocks, mtp-keyerror, marlin, unsupported-arch, crash (exits without a
-known signature), hang (never healthy).
+known signature), hang (never healthy). And fit: honours the memory the argv asks for — fails
+as kv-too-small when --max-model-len exceeds FAKE_ENGINE_FIT_LEN (169184), as mamba-blocks when
+--max-num-seqs exceeds FAKE_ENGINE_MAMBA_BLOCKS (135), serves otherwise — for retry loops.
+FAKE_ENGINE_IGNORE_SIGTERM=1 makes the API server ignore SIGTERM and SIGINT, and its EngineCore
+SIGTERM (a stuck shutdown).
 """
 
 from __future__ import annotations
@@ -98,7 +102,8 @@ FAILURES = {
 
 def engine_core() -> None:
     """The child process real vLLM starts; it must die with its parent's process group."""
-    signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+    stuck = os.environ.get("FAKE_ENGINE_IGNORE_SIGTERM") == "1"
+    signal.signal(signal.SIGTERM, signal.SIG_IGN if stuck else (lambda *a: sys.exit(0)))
     while True:
         time.sleep(0.2)
 
@@ -188,13 +193,24 @@ def main() -> None:
         log("Shutting down", "APIServer")
         os._exit(0)
 
+    if os.environ.get("FAKE_ENGINE_IGNORE_SIGTERM") == "1":
+        stop = signal.SIG_IGN  # noqa: F811 — only SIGKILL ends it now
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log("Model loading took 18.09 GiB memory and 12.5 seconds", "EngineCore")
     log("Setting attention block size to 1072 tokens to ensure that attention page size is >= mamba page size.", "EngineCore")
-    if MODE in FAILURES:
+    failure = FAILURES.get(MODE)
+    if MODE == "fit":
+        fit_len = int(os.environ.get("FAKE_ENGINE_FIT_LEN", "169184"))
+        blocks = int(os.environ.get("FAKE_ENGINE_MAMBA_BLOCKS", "135"))
+        seqs = int(opts.get("--max-num-seqs") or opts.get("--max-running-requests") or 256)
+        if Handler.max_len > fit_len:
+            failure = FAILURES["kv-too-small"].replace("169184", str(fit_len))
+        elif seqs > blocks:
+            failure = f"ValueError: max_num_seqs ({seqs}) exceeds available Mamba cache blocks ({blocks})."
+    if failure:
         time.sleep(0.3)
-        print(f"(EngineCore pid={core.pid}) ERROR {FAILURES[MODE].format(len=Handler.max_len)}", flush=True)
+        print(f"(EngineCore pid={core.pid}) ERROR {failure.format(len=Handler.max_len)}", flush=True)
         core.terminate()
         sys.exit(1)
     log("Available KV cache memory: 2.05 GiB", "EngineCore")

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Steps run on the GPU machine through the device tool (see README.md: "The sequence").
+#   recv DIR            copy one carried part of the engine bundle into /tmp/xfer
+#   install             reassemble the bundle into /tmp/site (vLLM 0.26.0 + its extra packages),
+#                       install qwenplan from this working tree into /tmp/qp, check both import
+#   probe NAME          qwenplan probe --json > $OUT/NAME-probe.json; qwenplan doctor
+#   tick QUEUE SECONDS  (re)start the detached job runner for jobs/QUEUE.json if jobs remain,
+#                       wait up to SECONDS for it, then pack /tmp/gpu-results/QUEUE into $OUT
+set -u
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+export PYTHONUNBUFFERED=1
+site_env() { export PYTHONPATH=/tmp/site VLLM_USE_FLASHINFER_SAMPLER=0 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1; }
+cmd=${1:-}; shift || true
+case "$cmd" in
+recv)
+  mkdir -p /tmp/xfer && cp "$REPO/$1"/* /tmp/xfer/ && ls -la /tmp/xfer
+  if [ ! -f /tmp/xfer/.seen ]; then
+    touch /tmp/xfer/.seen
+    nvidia-smi --query-gpu=index,name,memory.total,memory.used,driver_version --format=csv
+    python3 -c 'import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name(0))'
+    df -h /tmp | tail -1; which xz zstd nvcc; echo "CUDA_HOME=${CUDA_HOME:-}"; ls -d /usr/local/cuda* 2>/dev/null
+  fi ;;
+install)
+  t=$(date +%s)
+  (cd /tmp/xfer && cat site.tar.xz.part* | sha256sum | cut -c1-64 > got.sha && cut -c1-64 site.sha256 | diff - got.sha) || { echo "bundle checksum differs"; exit 1; }
+  mkdir -p /tmp/site
+  if command -v xz >/dev/null; then cat /tmp/xfer/site.tar.xz.part* | xz -dc -T0 | tar -x -C /tmp/site
+  else cat /tmp/xfer/site.tar.xz.part* > /tmp/xfer/site.tar.xz && python3 -c 'import tarfile; tarfile.open("/tmp/xfer/site.tar.xz").extractall("/tmp/site")'; fi
+  rm -f /tmp/xfer/site.tar.xz
+  echo "bundle unpacked in $(( $(date +%s) - t )) s: $(du -sh /tmp/site | cut -f1)"
+  python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/qp "$REPO" 2>&1 | tail -3
+  site_env
+  python3 -c 'import vllm, torch; print("vllm", vllm.__version__, "torch", torch.__version__)' 2>&1 | tail -2
+  PYTHONPATH=/tmp/qp:/tmp/site python3 -c 'import qwenplan.launch.cli; print("qwenplan ok")' 2>&1 | tail -2
+  echo "install done in $(( $(date +%s) - t )) s" ;;
+probe)
+  site_env; export PYTHONPATH=/tmp/qp:/tmp/site
+  python3 -c 'from qwenplan.launch.cli import main; main()' probe --json > "$OUT/$1-probe.json" 2> "$OUT/$1-probe.err"; echo "probe rc=$?"; head -c 600 "$OUT/$1-probe.json"; echo
+  timeout 120 python3 -c 'from qwenplan.launch.cli import main; main()' doctor --engine-version 0.26.0 > "$OUT/$1-doctor.txt" 2>&1; echo "doctor rc=$?"; tail -25 "$OUT/$1-doctor.txt" ;;
+tick)
+  Q=$1; WAIT=${2:-500}; R=/tmp/gpu-results/$Q; mkdir -p "$R"; site_env
+  t=$(date +%s)
+  running() { [ -f "$R/runner.pid" ] && kill -0 "$(cat "$R/runner.pid")" 2>/dev/null; }
+  if ! running; then
+    setsid nohup python3 "$HERE/runner.py" --jobs "benchmarks/gpu/jobs/$Q.json" --results "$R" >> "$R/runner.log" 2>&1 < /dev/null &
+    echo $! > "$R/runner.pid"; echo "runner started: pid $(cat "$R/runner.pid")"
+  fi
+  while running && [ $(( $(date +%s) - t )) -lt "$WAIT" ]; do sleep 5; done
+  tail -12 "$R/runner.log"
+  cur=$(ls -td "$R"/*/ 2>/dev/null | head -1)
+  [ -n "$cur" ] && { echo "== $cur"; grep -aE "Model loading took|Available KV|GPU KV cache size|Maximum concurrency|Actual usage|CUDA graph memory|Graph capturing|Error|error:" "$cur/serve.log" 2>/dev/null | cut -c1-330 | tail -12; tail -3 "$cur/load.out" 2>/dev/null; }
+  tar -czf "$OUT/results-$Q.tgz" -C /tmp/gpu-results "$Q"; ls -la "$OUT"
+  running && echo "RUNNER STILL RUNNING" || echo "RUNNER IDLE" ;;
+*) echo "usage: device.sh recv DIR | install | probe NAME | tick QUEUE SECONDS"; exit 2 ;;
+esac

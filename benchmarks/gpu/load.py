@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""The fixed load: token-id prompts against an OpenAI-compatible /v1/completions.
+
+No tokenizer is needed (the engine runs with --skip-tokenizer-init): prompts are lists of
+random token ids (distinct per request, so no prefix-cache hits), ignore_eos with
+min_tokens = max_tokens fixes the output length, and streaming gives the time to first token.
+
+Levels (fixed, the same for every plan and baseline):
+  warm-up   4 requests,   256 in /  16 out, concurrency 4 (not reported)
+  c1        3 requests,  1024 in / 256 out, one at a time
+  c32      32 requests,  1024 in / 256 out, all at once
+  c128    128 requests,  1024 in / 256 out, all at once
+
+Reported per level: generated tokens / wall second, TTFT mean / p50 / p90 / max, mean time per
+output token after the first (TPOT), and the errors. Standard library + aiohttp only.
+
+usage: load.py --port 8000 [--host 127.0.0.1] [--out load.json] [--api-key KEY] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import time
+
+LEVELS = [  # (name, concurrency, requests, input tokens, output tokens)
+    ("c1", 1, 3, 1024, 256),
+    ("c32", 32, 32, 1024, 256),
+    ("c128", 128, 128, 1024, 256),
+]
+WARMUP = ("warmup", 4, 4, 256, 16)
+VOCAB = (1000, 200000)   # ids inside the 248,320-token vocabulary, clear of special tokens
+
+
+def _pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+async def _one(session, url: str, model: str, prompt: list[int], n_out: int, headers: dict, timeout: float) -> dict:
+    import aiohttp
+
+    body = {"model": model, "prompt": prompt, "max_tokens": n_out, "min_tokens": n_out, "ignore_eos": True,
+            "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    ttft = None
+    chunks = 0
+    usage = None
+    err = None
+    try:
+        async with session.post(url, json=body, headers=headers,
+                                timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            if r.status != 200:
+                err = f"HTTP {r.status}: {(await r.text())[:300]}"
+            else:
+                buf = b""
+                async for raw in r.content:
+                    buf += raw
+                    while b"\n" in buf:
+                        line, buf = buf.split(b"\n", 1)
+                        line = line.strip()
+                        if not line.startswith(b"data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == b"[DONE]":
+                            continue
+                        d = json.loads(data)
+                        if d.get("usage"):
+                            usage = d["usage"]
+                        if d.get("choices"):
+                            if ttft is None:
+                                ttft = time.perf_counter() - t0
+                            chunks += 1
+    except Exception as e:  # noqa: BLE001 - a failed request is a result, not a crash
+        err = f"{type(e).__name__}: {e}"[:300]
+    latency = time.perf_counter() - t0
+    tokens = (usage or {}).get("completion_tokens") or 0
+    return {"ttft": ttft, "latency": latency, "tokens": tokens, "chunks": chunks, "error": err}
+
+
+async def run_level(base: str, model: str, level: tuple, headers: dict, seed: int, timeout: float) -> dict:
+    import aiohttp
+
+    name, conc, n_req, n_in, n_out = level
+    rng = random.Random(seed)
+    prompts = [[rng.randrange(*VOCAB) for _ in range(n_in)] for _ in range(n_req)]
+    sem = asyncio.Semaphore(conc)
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as s:
+        async def req(p):
+            async with sem:
+                return await _one(s, base + "/v1/completions", model, p, n_out, headers, timeout)
+
+        t0 = time.perf_counter()
+        outs = await asyncio.gather(*[req(p) for p in prompts])
+        wall = time.perf_counter() - t0
+    ok = [o for o in outs if not o["error"]]
+    toks = sum(o["tokens"] for o in ok)
+    ttfts = [o["ttft"] for o in ok if o["ttft"] is not None]
+    tpots = [(o["latency"] - o["ttft"]) / (o["tokens"] - 1) for o in ok
+             if o["ttft"] is not None and o["tokens"] > 1]
+    r = {"concurrency": conc, "requests": n_req, "input_tokens": n_in, "output_tokens": n_out,
+         "completed": len(ok), "errors": [o["error"] for o in outs if o["error"]][:3],
+         "seconds": round(wall, 3), "completion_tokens": toks,
+         "tok_per_s": round(toks / wall, 1) if wall > 0 else None,
+         "ttft_mean_s": round(statistics.mean(ttfts), 4) if ttfts else None,
+         "ttft_p50_s": _pct(ttfts, 0.5), "ttft_p90_s": _pct(ttfts, 0.9), "ttft_max_s": max(ttfts) if ttfts else None,
+         "tpot_mean_s": round(statistics.mean(tpots), 5) if tpots else None}
+    for k in ("ttft_p50_s", "ttft_p90_s", "ttft_max_s"):
+        if r[k] is not None:
+            r[k] = round(r[k], 4)
+    return r
+
+
+async def served_model(base: str, headers: dict) -> str:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s:
+        async with s.get(base + "/v1/models", headers=headers) as r:
+            return (await r.json())["data"][0]["id"]
+
+
+async def main_async(args) -> dict:
+    base = f"http://{args.host}:{args.port}"
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    model = await served_model(base, headers)
+    levels = LEVELS
+    if args.quick:
+        levels = [(n, c, min(r, 4), 64, 8) for n, c, r, _, _ in LEVELS]
+    res = {"model": model, "levels": {}}
+    t0 = time.perf_counter()
+    res["warmup"] = await run_level(base, model, WARMUP if not args.quick else ("warmup", 1, 1, 16, 4),
+                                    headers, 7, args.timeout)
+    res["warmup_seconds"] = round(time.perf_counter() - t0, 2)
+    print(f"warm-up {res['warmup_seconds']} s", flush=True)
+    for i, lv in enumerate(levels):
+        r = await run_level(base, model, lv, headers, 1000 + i, args.timeout)
+        res["levels"][lv[0]] = r
+        print(f"{lv[0]}: {r['completion_tokens']} tokens in {r['seconds']} s = {r['tok_per_s']} tok/s, "
+              f"TTFT p50 {r['ttft_p50_s']} s, TPOT {r['tpot_mean_s']} s, errors {len(r['errors'])}", flush=True)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--api-key", default=None)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--timeout", type=float, default=240.0, help="seconds one request may take")
+    ap.add_argument("--quick", action="store_true", help="tiny load, for rehearsals against a fake engine")
+    args = ap.parse_args(argv)
+    res = asyncio.run(main_async(args))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""One GPU's memory for one candidate plan: weights, reserve, and what is left for the cache.
+
+vLLM's budget is gpu_memory_utilization x the CUDA-visible total; from it vLLM takes the
+weights, the peak activation of its profiling run, non-torch memory and (from 0.20) the
+estimated CUDA graph memory, and pages what is left as KV cache and DeltaNet state
+(vllm/v1/worker/gpu_worker.py determine_available_memory; planner/memory.py for the paging).
+SGLang's --mem-fraction-static covers weights and its pools; activations and graphs live
+outside it (sglang/srt/model_executor/model_runner.py), so the same terms are sized here and
+the fraction is derived from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from .catalog import load_profile
+from .memory import DTYPE_BYTES, VllmLayout, deltanet_state_per_seq, kv_bytes_per_token, vllm_layout
+from .units import ceil_div
+from .variants import Variant
+from .weights import loaded_bytes
+
+
+@lru_cache(maxsize=None)
+def constants(engine_family: str) -> dict:
+    return load_profile("memory.yaml")[engine_family]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    variant: Variant
+    engine: str              # vllm | vllm-offload | sglang
+    version: str
+    tp: int = 1
+    pp: int = 1
+    dp: int = 1
+    kv_dtype: str = "auto"   # auto (= bf16) | fp8
+    spec_tokens: int = 0     # MTP draft tokens, 0 = off
+    eager: bool = False
+    expert_cache: int | None = None   # offload fork: expert slots per layer on the GPU
+    batched_tokens: int = 8192
+    vision: bool = False
+
+    @property
+    def family(self) -> str:
+        return "sglang" if self.engine == "sglang" else "vllm"
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp * self.dp
+
+
+@dataclass
+class Sized:
+    """Per-GPU bytes; `cache_bytes` is what the engine pages as KV cache and DeltaNet state."""
+
+    budget: int
+    weights: int
+    expert_cache: int
+    activation: int
+    non_torch: int
+    cudagraph: int            # inside the budget (profiled) or, before vLLM 0.20, outside it
+    cudagraph_in_budget: bool
+    cache_bytes: int
+    kv_per_token: int
+    state_per_seq: int
+    layout: VllmLayout | None
+
+    # --- what the cache holds --------------------------------------------------------------
+    def blocks_for(self, tokens: int) -> int:
+        return self.layout.blocks_per_request(tokens)
+
+    def full_length_seqs(self, tokens: int) -> int:
+        """Requests of `tokens` tokens the pool holds at once."""
+        if self.cache_bytes <= 0:
+            return 0
+        if self.layout:
+            return self.layout.num_blocks(self.cache_bytes) // self.layout.blocks_per_request(tokens)
+        return self.cache_bytes // (tokens * self.kv_per_token + self.state_per_seq)
+
+    def max_len(self) -> int:
+        if self.cache_bytes <= 0:
+            return 0
+        if self.layout:
+            return self.layout.max_model_len(self.cache_bytes)
+        return max(0, (self.cache_bytes - self.state_per_seq) // self.kv_per_token)
+
+    def kv_tokens(self, max_model_len: int) -> int:
+        """The engine's own 'KV cache size' figure (vLLM: tokens of full-length requests)."""
+        if self.layout:
+            return self.layout.reported_tokens(self.cache_bytes, max_model_len)
+        return max(0, self.cache_bytes // self.kv_per_token)
+
+    def max_concurrency(self, max_model_len: int) -> float:
+        if self.layout:
+            return self.layout.max_concurrency(self.cache_bytes, max_model_len)
+        return self.cache_bytes / (max_model_len * self.kv_per_token + self.state_per_seq)
+
+    @property
+    def total(self) -> int:
+        inside = self.cudagraph if self.cudagraph_in_budget else 0
+        return self.weights + self.expert_cache + self.activation + self.non_torch + inside + max(0, self.cache_bytes)
+
+
+def weights_on_gpu(c: Candidate) -> tuple[int, int, int]:
+    """(weights without routed experts held by the cache, expert cache bytes, one expert slot) per GPU."""
+    m = c.variant.model
+    loaded = _loaded(c.variant.recipe, m.shape, m.vision_params, c.tp, c.spec_tokens > 0, c.vision)
+    # Pipeline parallelism splits the decoder layers across stages (the largest stage counts).
+    share = 1.0 if c.pp == 1 else ceil_div(m.shape.layers, c.pp) / m.shape.layers
+    overhead = constants(c.family)["load_overhead_bytes"]
+    if c.expert_cache is None:
+        return int(loaded.total * share) + overhead, 0, 0
+    slot = loaded.expert_per_layer_each * m.shape.layers
+    fork = _fork_cache_facts()
+    cache = c.expert_cache * slot + fork["overflow_buffer_bytes"]
+    return int((loaded.total - loaded.experts) * share) + overhead, cache, slot
+
+
+@lru_cache(maxsize=None)
+def _loaded(recipe, shape, vision_params, tp, mtp, vision):
+    return loaded_bytes(recipe, shape, vision_params, tp=tp, mtp=mtp, vision=vision)
+
+
+@lru_cache(maxsize=None)
+def _fork_cache_facts() -> dict:
+    return load_profile("engines.yaml")["engines"]["vllm-offload"]["expert_cache"]
+
+
+def state_dtype(c: Candidate) -> str:
+    return constants(c.family)["ssm_state_dtype"]
+
+
+def size(c: Candidate, budget: int, cudagraph_profiled: bool) -> Sized:
+    k = constants(c.family)
+    m = c.variant.model
+    weights, expert_cache, _ = weights_on_gpu(c)
+    activation = k["activation_bytes_per_batched_token"] * c.batched_tokens // c.tp
+    non_torch = k["non_torch_bytes"] + (k.get("non_torch_multi_gpu_extra_bytes", 0) if c.tp * c.pp > 1 else 0)
+    cudagraph = 0 if c.eager else k["cudagraph_bytes"]
+    in_budget = cudagraph_profiled or c.family == "sglang"
+    cache = budget - weights - expert_cache - activation - non_torch - (cudagraph if in_budget else 0)
+    kv_dtype = "bfloat16" if c.kv_dtype == "auto" else c.kv_dtype
+    kv_tok = kv_bytes_per_token(m.shape, kv_dtype, c.tp, m.shape.full_attention_layers + (1 if c.spec_tokens else 0))
+    kv_tok = ceil_div(kv_tok * ceil_div(m.shape.layers, c.pp), m.shape.layers) if c.pp > 1 else kv_tok
+    state = deltanet_state_per_seq(m.shape, tp=c.tp, ssm_dtype=state_dtype(c), num_spec=c.spec_tokens)
+    layout = None
+    if c.family == "vllm":
+        layout = vllm_layout(m.shape, kv_dtype, c.tp, ssm_dtype=state_dtype(c), num_spec=c.spec_tokens,
+                             extra_attention_layers=1 if c.spec_tokens else 0)
+    return Sized(budget=budget, weights=weights, expert_cache=expert_cache, activation=activation,
+                 non_torch=non_torch, cudagraph=cudagraph, cudagraph_in_budget=in_budget, cache_bytes=cache,
+                 kv_per_token=kv_tok, state_per_seq=state, layout=layout)
+
+
+def kv_dtype_bytes(kv_dtype: str) -> int:
+    return DTYPE_BYTES["bfloat16" if kv_dtype == "auto" else kv_dtype]

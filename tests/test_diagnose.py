@@ -1,0 +1,236 @@
+"""launch/diagnose.py: every failure the fake engine can show, through the real runner, and the retry loop."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from qwenplan.launch import diagnose as dg
+from qwenplan.launch import runner
+from tests.test_runner import engine_pids, fake_argv, fake_env, free_port, gone
+
+SETTINGS = {"max_model_len": 262144, "max_num_seqs": 256, "kv_cache_dtype": "fp8", "gpu_memory_utilization": 0.9,
+            "expert_cache_size": None, "speculative": {"method": "mtp", "num_speculative_tokens": 2},
+            "enforce_eager": False}
+GPU_TRUTH = Path("/work/shared/gpu-truth/h100-vllm0.26-bf16-262k-naive-fails.log")
+
+
+def run_fake(tmp_path, mode, *extra, ready_timeout_s=10.0, env=None):
+    port = free_port()
+    eng = runner.launch(fake_argv(port, *extra), {**fake_env(tmp_path, mode), **(env or {})},
+                        log_path=tmp_path / f"{mode}.log", host="127.0.0.1", port=port, served_name="model",
+                        ready_timeout_s=ready_timeout_s, grace_s=2, forward_signals=False,
+                        on_line=lambda line: None, on_status=lambda s: None)
+    return eng.result
+
+
+# mode -> (diagnosis id, the settings that change in the safer plan, or None when there is none)
+FAKE_FAILURES = {
+    "kv-too-small": ("kv-too-small", {"max_model_len": 168960}),
+    "oom-profile": ("oom", {"gpu_memory_utilization": 0.87, "max_num_seqs": 128}),
+    "no-cache-blocks": ("no-cache-blocks", {"enforce_eager": True}),
+    "mamba-blocks": ("mamba-blocks", {"max_num_seqs": 135}),
+    "mtp-keyerror": ("mtp-keyerror", {"speculative": None}),
+    "marlin": ("marlin", {"enforce_eager": True}),
+    "unsupported-arch": ("unsupported-arch", None),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(FAKE_FAILURES))
+def test_each_failure_of_the_fake_engine_is_diagnosed(tmp_path, mode):
+    want_id, want_change = FAKE_FAILURES[mode]
+    res = run_fake(tmp_path, mode)
+    assert not res.ok and res.failure == "exited" and res.exit_code == 1
+    assert gone(engine_pids(tmp_path))
+    d = dg.diagnose(res.lines)
+    assert d is not None and d.id == want_id, (d, res.tail())
+    assert "\n" not in d.message and d.fix in d.message and d.line
+    safer = dg.safer_settings(SETTINGS, d)
+    if want_change is None:
+        assert safer is None
+    else:
+        assert safer == {**SETTINGS, **want_change}
+
+
+def test_unrecognized_argument_names_the_flag_and_has_no_safer_plan(tmp_path):
+    res = run_fake(tmp_path, "ok", "--mamba-scheduler-strategy", "no_buffer")
+    d = dg.diagnose(res.lines)
+    assert d.id == "unrecognized-args" and "--mamba-scheduler-strategy no_buffer" in d.explain
+    assert dg.safer_settings(SETTINGS, d) is None
+
+
+def test_crash_and_hang_have_no_signature(tmp_path):
+    res = run_fake(tmp_path, "crash")
+    assert res.failure == "exited" and dg.diagnose(res.lines) is None
+    res = run_fake(tmp_path, "hang", ready_timeout_s=0.8)
+    assert res.failure == "timeout" and dg.diagnose(res.lines) is None
+
+
+def test_the_real_vllm_log_gives_the_length_that_fits():
+    lines = ["(EngineCore pid=4136) ERROR 11-23 00:47:26 [core.py:1330] ValueError: To serve at least one request "
+             "with the model's max seq len (262144), (5.03 GiB KV cache is needed, which is larger than the available "
+             "KV cache memory (3.26 GiB). Based on the available memory, the estimated maximum model length is "
+             "169184. Try increasing `gpu_memory_utilization`",
+             "(APIServer pid=4067) RuntimeError: Engine core initialization failed. See root cause above."]
+    if GPU_TRUTH.exists():
+        lines = GPU_TRUTH.read_text().splitlines()
+    d = dg.diagnose(lines)
+    assert d.id == "kv-too-small" and d.values["max_model_len"] == 169184 and "169184" in d.explain
+    assert dg.safer_settings(SETTINGS, d)["max_model_len"] == 165 * 1024
+
+
+# One line per signature, as the engines print them (sources in profiles/failures.yaml).
+EXAMPLES = {
+    "unrecognized-args": ("vllm serve: error: unrecognized arguments: --language-model-only", None),
+    "driver-too-old": ("RuntimeError: The NVIDIA driver on your system is too old (found version 11040).", None),
+    "unsupported-arch": ("UserWarning: NVIDIA GeForce RTX 5090 with CUDA capability sm_120 is not compatible with the "
+                         "current PyTorch installation.", None),
+    "hf-access": ("huggingface_hub.errors.GatedRepoError: 403 Client Error. Cannot access gated repo for url", None),
+    "port-in-use": ("ERROR: [Errno 98] error while attempting to bind on address ('0.0.0.0', 8000): address already "
+                    "in use", None),
+    "gpu-busy": ("ValueError: Free memory on device cuda:0 (12.18/23.56 GiB) on startup is less than desired GPU "
+                 "memory utilization (0.92, 21.67 GiB). Decrease GPU memory utilization.",
+                 {"gpu_memory_utilization": 0.5}),
+    "kv-too-small": ("ValueError: ... Based on the available memory, the estimated maximum model length is 5000.",
+                     {"max_model_len": 4096}),
+    "kv-too-small-tokens": ("ValueError: The model's max seq len (131072) is larger than the maximum number of tokens "
+                            "that can be stored in KV cache (24480). Try increasing `gpu_memory_utilization`",
+                            {"max_model_len": 23552}),
+    "mamba-blocks": ("ValueError: max_num_seqs (1024) exceeds available Mamba cache blocks (856). Each decode "
+                     "sequence requires one Mamba cache block", {"max_num_seqs": 856}),
+    "mamba-cudagraph": ("ERROR [core.py:1079]     assert num_cache_lines >= batch", {"enforce_eager": True}),
+    "no-cache-blocks": ("ValueError: No available memory for the cache blocks. Try increasing "
+                        "`gpu_memory_utilization`", {"enforce_eager": True}),
+    "sglang-no-memory": ("RuntimeError: Not enough memory. Please try to increase --mem-fraction-static.",
+                         {"gpu_memory_utilization": 0.93}),
+    "mtp-keyerror": ("KeyError: 'layers.0.mlp.experts.w2_weight'", {"speculative": None}),
+    "marlin": ("RuntimeError: CUDA error: an illegal memory access was encountered (marlin_moe_wna16)",
+               {"enforce_eager": True}),
+    "oom-cudagraph": ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB.",
+                      {"enforce_eager": True}),
+    "oom-weights": ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.00 GiB.", None),
+    "oom": ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.",
+            {"gpu_memory_utilization": 0.87, "max_num_seqs": 128}),
+}
+CONTEXT = {  # earlier lines that tell where in the start-up it failed
+    "oom-cudagraph": ["INFO Model loading took 18.09 GiB memory", "Capturing CUDA graphs (mixed prefill-decode): 40%"],
+    "oom": ["INFO Model loading took 18.09 GiB memory and 12.5 seconds"],
+}
+
+
+def test_every_signature_has_an_example_and_a_source():
+    ids = [s.id for s in dg.signatures()]
+    assert len(ids) == len(set(ids)) and set(ids) == set(EXAMPLES)
+    for s in dg.signatures():
+        assert s.source and s.explain and s.fix
+        assert re.match(r"(https://|shared/|seeds/)", s.source), s.id
+        for alt in s.adjust:
+            assert set(alt) <= set(SETTINGS), s.id
+
+
+@pytest.mark.parametrize("sig_id", sorted(EXAMPLES))
+def test_signature_examples(sig_id):
+    line, change = EXAMPLES[sig_id]
+    d = dg.diagnose(CONTEXT.get(sig_id, []) + ["INFO something unrelated", line])
+    assert d is not None and d.id == sig_id, d
+    safer = dg.safer_settings(SETTINGS, d)
+    assert safer == (None if change is None else {**SETTINGS, **change})
+
+
+def test_safer_plan_rules():
+    d = dg.diagnose(["the estimated maximum model length is 3000."])
+    assert dg.safer_settings(SETTINGS, d) is None                         # below 4096: not worth serving
+    d = dg.diagnose(["the estimated maximum model length is 300000."])
+    assert dg.safer_settings(SETTINGS, d) is None                         # not smaller than what failed
+    d = dg.diagnose(["assert num_cache_lines >= batch"])
+    eager = {**SETTINGS, "enforce_eager": True}
+    assert dg.safer_settings(eager, d) == {**eager, "max_num_seqs": 128}  # eager already: the next alternative
+    d = dg.diagnose(["Model loading took 1 GiB", "torch.OutOfMemoryError: CUDA out of memory."])
+    assert dg.safer_settings({**SETTINGS, "max_num_seqs": None, "gpu_memory_utilization": None}, d) == \
+        {**SETTINGS, "max_num_seqs": None, "gpu_memory_utilization": 0.87}
+    d = dg.diagnose(["KeyError: 'experts.w13_weight'"])
+    assert dg.safer_settings({**SETTINGS, "speculative": None}, d) is None
+    assert dg.describe_change(SETTINGS, {**SETTINGS, "max_model_len": 168960, "speculative": None}) == \
+        "max_model_len 262144 -> 168960, speculative {\"method\": \"mtp\", \"num_speculative_tokens\": 2} -> off"
+    assert dg.diagnose(["\x1b[31mKeyError: 'experts.w2_weight'\x1b[0m"]).id == "mtp-keyerror"
+
+
+def render(settings: dict, port: int) -> list[str]:
+    """A stand-in for the renderer: the settings as vLLM flags."""
+    argv = fake_argv(port, "--max-model-len", str(settings["max_model_len"]), "--max-num-seqs",
+                     str(settings["max_num_seqs"]), "--gpu-memory-utilization", str(settings["gpu_memory_utilization"]))
+    if settings["enforce_eager"]:
+        argv.append("--enforce-eager")
+    if settings["speculative"]:
+        argv += ["--speculative-config", json.dumps(settings["speculative"])]
+    return argv
+
+
+def retry(tmp_path, retries, mode="fit", **kw):
+    port = free_port()
+    seen = []
+    out = dg.run_with_retries(lambda s: (render(s, port), fake_env(tmp_path, mode)), SETTINGS, retries=retries,
+                              log_dir=tmp_path / "logs", on_attempt=seen.append, host="127.0.0.1", port=port,
+                              served_name="model", ready_timeout_s=10, grace_s=2, forward_signals=False,
+                              on_line=lambda line: None, on_status=lambda s: None, **kw)
+    assert [a.number for a in seen] == [a.number for a in out.attempts]
+    return out
+
+
+def test_retry_uses_the_engines_own_numbers_until_it_serves(tmp_path):
+    out = retry(tmp_path, retries=2)
+    try:
+        assert out.ok and len(out.attempts) == 3 and out.engine.alive()
+        a1, a2, a3 = out.attempts
+        assert a1.diagnosis.id == "kv-too-small" and a1.next_settings["max_model_len"] == 168960
+        assert a2.settings["max_model_len"] == 168960 and a2.diagnosis.id == "mamba-blocks"
+        assert a3.settings == {**SETTINGS, "max_model_len": 168960, "max_num_seqs": 135}
+    finally:
+        out.engine.stop()
+    logs = tmp_path / "logs"
+    assert [p.name for p in sorted(logs.glob("attempt-*.log"))] == ["attempt-1.log", "attempt-2.log", "attempt-3.log"]
+    first = (logs / "attempt-1.log").read_text()
+    assert "--max-model-len 262144" in first and "diagnosis kv-too-small" in first
+    assert "safer plan: max_model_len 262144 -> 168960" in first
+    assert "--max-model-len 168960" in (logs / "attempt-3.log").read_text()
+    summary = json.loads((logs / "attempts.json").read_text())
+    assert [a["ok"] for a in summary] == [False, False, True]
+
+
+def test_without_retry_the_safer_plan_is_offered_not_run(tmp_path):
+    out = retry(tmp_path, retries=0)
+    assert not out.ok and len(out.attempts) == 1 and not out.engine.alive()
+    assert out.last.next_settings == {**SETTINGS, "max_model_len": 168960}
+
+
+def test_retries_are_bounded(tmp_path):
+    out = retry(tmp_path, retries=1)
+    assert not out.ok and len(out.attempts) == 2
+    assert out.last.diagnosis.id == "mamba-blocks" and out.last.next_settings["max_num_seqs"] == 135
+    out = retry(tmp_path, retries=99, mode="kv-too-small")   # the same failure whatever the plan
+    assert len(out.attempts) == 2                              # 168960 failed too: nothing smaller from the log
+    assert out.last.next_settings is None
+
+
+def test_no_retry_without_a_safer_plan(tmp_path):
+    out = retry(tmp_path, retries=3, mode="unsupported-arch")
+    assert len(out.attempts) == 1 and out.last.diagnosis.id == "unsupported-arch" and out.last.next_settings is None
+    assert "CUDA 12.8" in out.last.diagnosis.fix
+
+
+def test_relaunches_are_capped_whatever_retries_asks(tmp_path):
+    from types import SimpleNamespace
+
+    def launch(argv, env, *, log_path, **kw):   # an engine that always runs out of memory, without processes
+        Path(log_path).write_text("started\n")
+        lines = ["Model loading took 20 GiB", "torch.OutOfMemoryError: CUDA out of memory."]
+        res = runner.LaunchResult(ok=False, stage="alive", failure="exited", message="exited", exit_code=1,
+                                  timings={}, smoke=None, log_path=Path(log_path), lines=lines)
+        return SimpleNamespace(result=res)
+
+    out = dg.run_with_retries(lambda s: (["engine"], {}), SETTINGS, retries=99, log_dir=tmp_path, launch=launch)
+    assert len(out.attempts) == dg.MAX_RETRIES + 1
+    assert [a.settings["max_num_seqs"] for a in out.attempts] == [256, 128, 64, 32, 16]

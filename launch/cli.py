@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -226,8 +227,8 @@ def variant_rows(p) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every failure a user can act on is one line on stderr and a non-zero exit."""
     try:
-        cli.main(args=argv, prog_name="qwenplan", standalone_mode=False)
-        return 0
+        rv = cli.main(args=argv, prog_name="qwenplan", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
     except QwenplanError as e:
         click.echo(f"qwenplan: error: {e}", err=True)
         return e.exit_code
@@ -248,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as e:  # a bug: one line, the traceback only when asked for
+        if os.environ.get("QWENPLAN_DEBUG"):
+            raise
+        click.echo(f"qwenplan: internal error: {type(e).__name__}: {e} (rerun with QWENPLAN_DEBUG=1 for the "
+                   f"traceback and report it)", err=True)
+        return 70
 
 
 if __name__ == "__main__":

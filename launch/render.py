@@ -50,7 +50,8 @@ def spell(engine_id: str, version: str, key: str, value: Any, settings: dict) ->
         raise RenderError(f"{engine_id} {version} has no spelling for {key}", "pick another --engine-version")
     if "omit_if" in e and value == e["omit_if"]:
         return []
-    value = (e.get("values") or {}).get(value, value)
+    if isinstance(value, (str, int, float, bool)):
+        value = (e.get("values") or {}).get(value, value)
     return [_fill(t, value, settings) for t in e["argv"]]
 
 

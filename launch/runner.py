@@ -19,6 +19,7 @@ import http.client
 import importlib.util
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -36,7 +37,10 @@ from qwenplan.planner.errors import QwenplanError
 
 STAGES = ("spawned", "alive", "health", "models", "smoke", "ready")
 SMOKE_PROMPT = "Say hello"
-SECRET_ENV_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+# Environment variables whose values are credentials (HF_TOKEN, VLLM_API_KEY, ...), never shown.
+_SECRET_ENV = re.compile(r"(API_KEY|_KEY|^KEY|TOKEN|SECRET|PASSWORD|PASSWD)$|SECRET|PASSWORD", re.IGNORECASE)
+_WAITING = {"spawned": "starting", "alive": "loading (waiting for /health)", "health": "waiting for /v1/models",
+            "models": "smoke test"}
 
 
 class LaunchError(QwenplanError):
@@ -188,9 +192,12 @@ class LaunchResult:
 # --- the child process -----------------------------------------------------------------------
 
 
+def secret_env(name: str) -> bool:
+    return bool(_SECRET_ENV.search(name))
+
+
 def _secrets(api_key: str | None, env: dict[str, str]) -> list[str]:
-    vals = [api_key or ""] + [v for k, v in {**os.environ, **env}.items()
-                              if any(w in k.upper() for w in SECRET_ENV_WORDS)]
+    vals = [api_key or ""] + [v for k, v in {**os.environ, **env}.items() if secret_env(k) and len(v) >= 8]
     return sorted({v for v in vals if v and len(v) >= 4}, key=len, reverse=True)
 
 
@@ -275,7 +282,7 @@ class Engine:
         self._write(f"# qwenplan: {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {shown}")
         if self.env:
             self._write("# qwenplan: env " + " ".join(
-                f"{k}={'***' if any(w in k.upper() for w in SECRET_ENV_WORDS) else redact(v, self.secrets)}"
+                f"{k}={'***' if secret_env(k) else redact(v, self.secrets)}"
                 for k, v in sorted(self.env.items())))
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}   # log lines as they happen
         try:
@@ -492,7 +499,6 @@ def wait_ready(engine: Engine, *, host: str, port: int, served_name: str, api_ke
             break
         if stage == "spawned":
             reach("alive")
-            status("loading")
         if elapsed > timeout_s:
             failure, message = "timeout", f"the engine was not ready after {timeout_s:.0f} s (stage: {stage})"
             break
@@ -501,7 +507,6 @@ def wait_ready(engine: Engine, *, host: str, port: int, served_name: str, api_ke
                 code, _ = _request(target, port, "GET", "/health", timeout=2.0)
                 if code == 200:
                     reach("health")
-                    status("/health answered")
             if stage == "health":
                 code, data = _request(target, port, "GET", "/v1/models", headers=auth, timeout=5.0)
                 if code == 401:
@@ -513,10 +518,9 @@ def wait_ready(engine: Engine, *, host: str, port: int, served_name: str, api_ke
                         failure, message = "wrong-model", f"the engine serves {ids}, not {served_name!r}"
                         break
                     reach("models")
-                    status(f"/v1/models lists {served_name}")
             if stage == "models":
                 if smoke:
-                    status("smoke test")
+                    status(_WAITING["models"])
                     try:
                         smoke_res = smoke_test(target, port, served_name, api_key=api_key, timeout_s=smoke_timeout_s,
                                                stop=lambda: engine.signalled is not None)
@@ -525,11 +529,10 @@ def wait_ready(engine: Engine, *, host: str, port: int, served_name: str, api_ke
                         break
                     reach("smoke")
                 reach("ready")
-                status("ready")
                 break
         except (OSError, http.client.HTTPException, ValueError):
             pass                         # not listening yet: keep waiting
-        status("loading" if stage == "alive" else stage)
+        status(_WAITING[stage])
         time.sleep(poll_s)
 
     if failure == "smoke":

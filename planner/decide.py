@@ -181,8 +181,9 @@ def _tags(v: Variant, view: GpuView) -> set[str]:
 
 def _workarounds_for(cand: Candidate, v: Variant, view: GpuView) -> list[dict]:
     tags = _tags(v, view)
-    settings = {"speculative": "on" if cand.spec_tokens else "off", "enforce_eager": cand.eager,
-                "expert_cache_size": "on" if cand.expert_cache else "off", "dtype": "bfloat16"}
+    # YAML reads `on`/`off` as booleans: conditions compare against booleans here.
+    settings = {"speculative": cand.spec_tokens > 0, "enforce_eager": cand.eager,
+                "expert_cache_size": cand.expert_cache is not None, "dtype": "bfloat16"}
     out = []
     for w in workarounds():
         when = w.get("when", {})

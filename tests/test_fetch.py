@@ -314,3 +314,9 @@ def test_snapshot_without_a_file_list_is_judged_by_its_index(tmp_path):
     blobs.mkdir()
     (blobs / "abc.incomplete").write_bytes(b"x")             # an old hub's unfinished download
     assert not fetch.snapshot_complete(REPO, snap, cache_dir=tmp_path)
+
+
+def test_disk_full_during_download_is_one_line():
+    import errno
+    err = fetch._hub_error(REPO, OSError(errno.ENOSPC, "No space left on device"))
+    assert isinstance(err, fetch.DiskSpaceError) and "completed files are kept" in str(err)

@@ -273,3 +273,18 @@ def test_argv_must_be_a_list_never_a_shell_string(tmp_path):
 def test_redact_argv():
     argv = ["vllm", "serve", "m", "--api-key", API_KEY, f"--api-key={API_KEY}", "--port", "8000"]
     assert runner.redact_argv(argv) == ["vllm", "serve", "m", "--api-key", "***", "--api-key=***", "--port", "8000"]
+
+
+def test_secret_environment_values_are_scrubbed_from_the_log(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijklmnop")
+    eng, lines, _ = start(tmp_path, env={"TOKENIZERS_PARALLELISM": "true", "VLLM_API_KEY": API_KEY},
+                          api_key=API_KEY)
+    try:
+        assert eng.result.ok
+    finally:
+        eng.stop()
+    log = (tmp_path / "engine.log").read_text()
+    assert "VLLM_API_KEY=***" in log and "TOKENIZERS_PARALLELISM=true" in log
+    assert API_KEY not in log and "hf_abcdefghijklmnop" not in log
+    assert runner.secret_env("HF_TOKEN") and runner.secret_env("OPENAI_API_KEY")
+    assert not runner.secret_env("TOKENIZERS_PARALLELISM") and not runner.secret_env("KEYBOARD_LAYOUT")

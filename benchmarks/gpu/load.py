@@ -12,7 +12,7 @@ Levels (fixed, the same for every plan and baseline):
   c128    128 requests,  1024 in / 256 out, all at once
 
 Reported per level: generated tokens / wall second, TTFT mean / p50 / p90 / max, mean time per
-output token after the first (TPOT), and the errors. Standard library + aiohttp only.
+output token after the first (TPOT), and the errors. Standard library only (threads).
 
 usage: load.py --port 8000 [--host 127.0.0.1] [--out load.json] [--api-key KEY] [--quick]
 """
@@ -20,12 +20,13 @@ usage: load.py --port 8000 [--host 127.0.0.1] [--out load.json] [--api-key KEY] 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import http.client
 import json
 import random
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 LEVELS = [  # (name, concurrency, requests, input tokens, output tokens)
     ("c1", 1, 3, 1024, 256),
@@ -43,40 +44,45 @@ def _pct(xs: list[float], q: float) -> float | None:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
-async def _one(session, url: str, model: str, prompt: list[int], n_out: int, headers: dict, timeout: float) -> dict:
-    import aiohttp
-
-    body = {"model": model, "prompt": prompt, "max_tokens": n_out, "min_tokens": n_out, "ignore_eos": True,
-            "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
+def _one(host: str, port: int, model: str, prompt: list[int], n_out: int, headers: dict, timeout: float) -> dict:
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": n_out, "min_tokens": n_out,
+                       "ignore_eos": True, "temperature": 0.0, "stream": True,
+                       "stream_options": {"include_usage": True}})
     t0 = time.perf_counter()
     ttft = None
     chunks = 0
     usage = None
     err = None
     try:
-        async with session.post(url, json=body, headers=headers,
-                                timeout=aiohttp.ClientTimeout(total=timeout)) as r:
-            if r.status != 200:
-                err = f"HTTP {r.status}: {(await r.text())[:300]}"
-            else:
-                buf = b""
-                async for raw in r.content:
-                    buf += raw
-                    while b"\n" in buf:
-                        line, buf = buf.split(b"\n", 1)
-                        line = line.strip()
-                        if not line.startswith(b"data:"):
-                            continue
-                        data = line[5:].strip()
-                        if data == b"[DONE]":
-                            continue
-                        d = json.loads(data)
-                        if d.get("usage"):
-                            usage = d["usage"]
-                        if d.get("choices"):
-                            if ttft is None:
-                                ttft = time.perf_counter() - t0
-                            chunks += 1
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        conn.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json", **headers})
+        r = conn.getresponse()
+        if r.status != 200:
+            err = f"HTTP {r.status}: {r.read()[:300]!r}"
+        elif "event-stream" not in (r.getheader("Content-Type") or ""):
+            d = json.loads(r.read() or b"{}")          # an engine that ignores stream=True
+            usage = d.get("usage")
+            ttft = time.perf_counter() - t0
+            chunks = 1
+        else:
+            while True:
+                line = r.readline()
+                if not line:
+                    break
+                line = line.strip()
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    break
+                d = json.loads(data)
+                if d.get("usage"):
+                    usage = d["usage"]
+                if d.get("choices"):
+                    if ttft is None:
+                        ttft = time.perf_counter() - t0
+                    chunks += 1
+        conn.close()
     except Exception as e:  # noqa: BLE001 - a failed request is a result, not a crash
         err = f"{type(e).__name__}: {e}"[:300]
     latency = time.perf_counter() - t0
@@ -84,22 +90,14 @@ async def _one(session, url: str, model: str, prompt: list[int], n_out: int, hea
     return {"ttft": ttft, "latency": latency, "tokens": tokens, "chunks": chunks, "error": err}
 
 
-async def run_level(base: str, model: str, level: tuple, headers: dict, seed: int, timeout: float) -> dict:
-    import aiohttp
-
+def run_level(host: str, port: int, model: str, level: tuple, headers: dict, seed: int, timeout: float) -> dict:
     name, conc, n_req, n_in, n_out = level
     rng = random.Random(seed)
     prompts = [[rng.randrange(*VOCAB) for _ in range(n_in)] for _ in range(n_req)]
-    sem = asyncio.Semaphore(conc)
-    conn = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=conn) as s:
-        async def req(p):
-            async with sem:
-                return await _one(s, base + "/v1/completions", model, p, n_out, headers, timeout)
-
-        t0 = time.perf_counter()
-        outs = await asyncio.gather(*[req(p) for p in prompts])
-        wall = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=conc) as pool:
+        outs = list(pool.map(lambda p: _one(host, port, model, p, n_out, headers, timeout), prompts))
+    wall = time.perf_counter() - t0
     ok = [o for o in outs if not o["error"]]
     toks = sum(o["tokens"] for o in ok)
     ttfts = [o["ttft"] for o in ok if o["ttft"] is not None]
@@ -118,29 +116,27 @@ async def run_level(base: str, model: str, level: tuple, headers: dict, seed: in
     return r
 
 
-async def served_model(base: str, headers: dict) -> str:
-    import aiohttp
-
-    async with aiohttp.ClientSession() as s:
-        async with s.get(base + "/v1/models", headers=headers) as r:
-            return (await r.json())["data"][0]["id"]
+def served_model(host: str, port: int, headers: dict) -> str:
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    conn.request("GET", "/v1/models", headers=headers)
+    return json.loads(conn.getresponse().read())["data"][0]["id"]
 
 
-async def main_async(args) -> dict:
-    base = f"http://{args.host}:{args.port}"
+def run(args) -> dict:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    model = await served_model(base, headers)
+    model = served_model(args.host, args.port, headers)
     levels = LEVELS
+    warm = WARMUP
     if args.quick:
         levels = [(n, c, min(r, 4), 64, 8) for n, c, r, _, _ in LEVELS]
+        warm = ("warmup", 1, 1, 16, 4)
     res = {"model": model, "levels": {}}
     t0 = time.perf_counter()
-    res["warmup"] = await run_level(base, model, WARMUP if not args.quick else ("warmup", 1, 1, 16, 4),
-                                    headers, 7, args.timeout)
+    res["warmup"] = run_level(args.host, args.port, model, warm, headers, 7, args.timeout)
     res["warmup_seconds"] = round(time.perf_counter() - t0, 2)
     print(f"warm-up {res['warmup_seconds']} s", flush=True)
     for i, lv in enumerate(levels):
-        r = await run_level(base, model, lv, headers, 1000 + i, args.timeout)
+        r = run_level(args.host, args.port, model, lv, headers, 1000 + i, args.timeout)
         res["levels"][lv[0]] = r
         print(f"{lv[0]}: {r['completion_tokens']} tokens in {r['seconds']} s = {r['tok_per_s']} tok/s, "
               f"TTFT p50 {r['ttft_p50_s']} s, TPOT {r['tpot_mean_s']} s, errors {len(r['errors'])}", flush=True)
@@ -156,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=240.0, help="seconds one request may take")
     ap.add_argument("--quick", action="store_true", help="tiny load, for rehearsals against a fake engine")
     args = ap.parse_args(argv)
-    res = asyncio.run(main_async(args))
+    res = run(args)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(res, f, indent=1)

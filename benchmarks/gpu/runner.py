@@ -173,7 +173,7 @@ def wait_gpu_free(limit_s: float = 60) -> None:
     t = time.time()
     while time.time() - t < limit_s:
         used = gpu_used_mib()
-        if used and max(used) < 1500:
+        if not used or max(used) < 1500:
             return
         time.sleep(2)
 

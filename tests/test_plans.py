@@ -1,0 +1,162 @@
+"""The example boxes of the issue get sensible plans, and every plan stays within memory."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qwenplan.launch.render import render
+from qwenplan.planner import hardware
+from qwenplan.planner.catalog import find_gpu
+from qwenplan.planner.decide import PlanOptions, make_plan
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "hardware"
+GiB = 1 << 30
+
+
+def plan_for(name, **opts):
+    hw = hardware.load(EXAMPLES / f"{name}.json", lookup=find_gpu)
+    p = make_plan(hw, PlanOptions(**opts))
+    if p.status == "ok":
+        p.command = render(p.to_dict())
+    return p
+
+
+def assert_within_budget(p):
+    for g in p.memory["gpus"]:
+        assert g["used_bytes"] <= g["budget_bytes"], g
+        assert g["budget_bytes"] <= g["total_bytes"]
+        assert g["kv_cache_bytes"] > 0
+    # one full-length request always fits: vLLM refuses to start otherwise
+    assert p.memory["full_length_seqs"] >= 1
+    assert p.memory["max_len_that_fits"] >= p.settings["max_model_len"]
+
+
+def decision(p, key):
+    d = p.decision(key)
+    assert d is not None and d.reason and d.source, key
+    return d
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in EXAMPLES.glob("*.json") if p.stem != "no-gpu"))
+def test_every_example_box_plans_within_memory_with_reasons(name):
+    p = plan_for(name)
+    assert p.status == "ok", p.requirements
+    assert_within_budget(p)
+    for key in ("engine", "variant", "parallel", "kv_cache_dtype", "max_model_len", "max_num_seqs",
+                "speculative", "enforce_eager", "expert_cache_size"):
+        decision(p, key)
+    assert p.command["argv"][0] in ("vllm", "sglang")
+    assert "--host" in p.command["argv"] and p.command["argv"][p.command["argv"].index("--host") + 1] == "127.0.0.1"
+
+
+def test_one_rtx3060_pages_experts_with_the_fork_branch_that_falls_back_safely():
+    p = plan_for("rtx3060-12gb")
+    assert p.engine["name"] == "vllm-offload"
+    assert "feat-ct-moe-wna16-marlin-offload" in p.engine["install"]
+    assert p.variant["id"] == "hlwq-int4"
+    assert p.settings["expert_cache_size"] >= 64          # a cache that rarely overflows
+    assert p.settings["enforce_eager"] is True            # the fork refuses a cache without it
+    assert "--moe-expert-cache-size" in p.command["argv"]
+    assert p.command["env"]["VLLM_MOE_COLD_TIER_MODE"] == "ram"   # 128 GiB of RAM holds the experts
+    assert "--language-model-only" in p.command["argv"]    # text-only weights, multimodal config
+
+
+def test_one_rtx4090_serves_int4_without_offload_at_a_useful_context():
+    p = plan_for("rtx4090")
+    assert p.engine["name"] == "vllm" and p.variant["id"] == "hlwq-int4"
+    assert p.settings["max_model_len"] >= 65536
+    assert p.settings["kv_cache_dtype"] == "fp8"
+
+
+def test_a6000_and_what_the_w4a16_card_really_holds():
+    p = plan_for("rtx-a6000")
+    assert p.settings["enforce_eager"] is True            # Ampere + Marlin MoE (vLLM #35922)
+    assert any("35922" in d.source for d in p.decisions if d.key.startswith("workaround:"))
+    # The card's own setting: 262k context, 16 sequences, FP8 KV.
+    card = plan_for("rtx-a6000", variant="w4a16-88plug", context=262144, concurrency=16, kv_dtype="fp8")
+    assert card.status == "ok"
+    assert card.settings["max_num_seqs"] == 16
+    full = card.memory["full_length_seqs"]
+    assert 1 <= full < 16                                 # far fewer than 16 full-length requests at once
+    assert any(f"holds {full} full-length" in w for w in card.warnings)
+
+
+def test_a100_avoids_the_marlin_moe_bug():
+    p = plan_for("a100-80gb")
+    marlin = p.variant["id"] in ("fp8", "gptq-int4", "awq-int4", "w4a16-88plug", "hlwq-int4")
+    # Either a variant that does not use Marlin MoE on Ampere, or eager mode.
+    assert not marlin or p.settings["enforce_eager"]
+    fp8 = plan_for("a100-80gb", variant="fp8")
+    assert fp8.settings["enforce_eager"] is True          # FP8 runs through FP8 Marlin below cc 8.9
+
+
+def test_h100_uses_fp8_at_full_context_and_bf16_needs_more_memory():
+    p = plan_for("h100-80gb")
+    assert p.variant["id"] == "fp8" and p.settings["max_model_len"] == 262144
+    assert p.settings["kv_cache_dtype"] == "auto"
+    assert not p.settings["speculative"]                  # vLLM #36872: FP8 + MTP gibberish
+    assert any("36872" in w for w in p.warnings)
+    bf16 = plan_for("h100-80gb", variant="bf16", kv_dtype="auto", context=262144)
+    assert bf16.status == "infeasible"                    # gpu-truth: 5.03 GiB needed, 3.26 GiB available
+    assert any("without --variant" in r for r in bf16.requirements)
+
+
+def test_h200_and_rtx_pro_6000_serve_bf16_with_mtp():
+    for name in ("h200", "rtx-pro-6000"):
+        p = plan_for(name)
+        assert p.variant["id"] == "bf16", name
+        assert p.settings["speculative"] == {"method": "mtp", "num_speculative_tokens": 2}
+        assert p.settings["max_model_len"] == 262144
+
+
+def test_four_rtx3060_get_the_gptq_card_tensor_parallel_4_with_mtp():
+    p = plan_for("4x-rtx3060-12gb")
+    assert p.variant["id"] == "gptq-int4"
+    assert (p.parallel["tensor"], p.parallel["data"]) == (4, 1)
+    assert p.settings["speculative"]["method"] == "mtp"
+    assert "--quantization" not in p.command["argv"]       # moe_wna16 breaks vLLM's MTP loader
+    assert p.settings["kv_cache_dtype"] == "fp8"
+
+
+def test_two_h200_run_two_replicas_and_long_context_uses_tensor_parallel():
+    p = plan_for("2x-h200-nvlink")
+    assert (p.parallel["tensor"], p.parallel["data"]) == (1, 2)
+    assert p.command["env"]["CUDA_VISIBLE_DEVICES"].count(",") == 1
+    lc = plan_for("2x-h200-nvlink", goal="long-context")
+    assert lc.parallel["tensor"] == 2 and lc.settings["max_model_len"] > 262144
+    assert lc.settings["hf_overrides"]["text_config"]["rope_parameters"]["rope_type"] == "yarn"
+    assert lc.command["env"]["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] == "1"
+
+
+def test_no_gpu_says_what_it_would_take():
+    p = plan_for("no-gpu")
+    assert p.status == "infeasible"
+    assert any("RTX 4090" in r for r in p.requirements)
+    assert any("H200" in r for r in p.requirements)
+
+
+def test_overrides_are_honoured_or_refused_never_changed():
+    p = plan_for("h100-80gb", context=131072, concurrency=8, kv_dtype="fp8", mtp=False)
+    assert p.settings["max_model_len"] == 131072
+    assert p.settings["max_num_seqs"] == 8
+    assert p.settings["kv_cache_dtype"] == "fp8"
+    big = plan_for("rtx4090", concurrency=500, context=262144)
+    assert big.status == "infeasible"
+    assert big.requirements
+
+
+def test_throughput_goal_prefers_many_short_requests_without_mtp():
+    p = plan_for("h200", goal="throughput")
+    assert p.settings["max_model_len"] == 32768
+    assert p.settings["max_num_seqs"] >= 128
+    assert not p.settings["speculative"]
+
+
+def test_committed_example_plans_are_current():
+    """examples/plans/ is what `qwenplan plan --json` gives for examples/hardware/."""
+    for f in EXAMPLES.glob("*.json"):
+        committed = json.loads((EXAMPLES.parent / "plans" / f.name).read_text())
+        p = plan_for(f.stem)
+        assert committed["status"] == p.status
+        assert committed["settings"] == p.to_dict()["settings"], f.name

@@ -510,17 +510,25 @@ def render_script(plan: Any, *, venv: str | None = None, env_file: str | None = 
     head += [f"Health: curl -fsS http://{_probe_host(v.host)}:{v.port}{HEALTH_PATH} answers 200 once the model is loaded",
              "(138 s on an H100 with the weights cached; a first start downloads the checkpoint first).",
              "Secrets (" + ", ".join(v.secrets or ["none"]) + ") are never written here: they are read from the env file",
-             "below when it exists (lines of NAME=value)."]
+             "below when it exists: lines of NAME=value, no quotes (the format of systemd's EnvironmentFile=)."]
     out.append(_comment(head).rstrip("\n"))
     out.append("set -euo pipefail")
     out.append("")
     default = _dq(env_file) if env_file else "$HOME/.config/qwenplan/qwen.env"
     out.append(f'QWENPLAN_ENV_FILE="${{QWENPLAN_ENV_FILE:-{default}}}"')
+    # read NAME=value lines (the format systemd's EnvironmentFile= and compose's env_file: read too)
+    # rather than sourcing the file: a value with spaces or `$` stays data, never code
     out += ['if [ -f "$QWENPLAN_ENV_FILE" ]; then',
-            "  set -a",
-            "  # shellcheck source=/dev/null",
-            '  . "$QWENPLAN_ENV_FILE"',
-            "  set +a",
+            "  while IFS= read -r line || [ -n \"$line\" ]; do",
+            "    line=\"${line%$'\\r'}\"",
+            "    case \"$line\" in ''|'#'*) continue ;; esac",
+            "    name=\"${line%%=*}\"",
+            "    if [[ ! \"$name\" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || [ \"$name\" = \"$line\" ]; then",
+            "      echo \"$QWENPLAN_ENV_FILE: ignoring a line that is not NAME=value\" >&2",
+            "      continue",
+            "    fi",
+            "    export \"$name=${line#*=}\"",
+            "  done < \"$QWENPLAN_ENV_FILE\"",
             "fi",
             ""]
     env = dict(v.env)

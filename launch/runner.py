@@ -527,6 +527,8 @@ def wait_ready(engine: Engine, *, host: str, port: int, served_name: str, api_ke
                     except LaunchError as e:
                         failure, message = "smoke", e.problem
                         break
+                    if engine.signalled is not None:
+                        continue         # cut short by Ctrl-C: reported as interrupted above
                     reach("smoke")
                 reach("ready")
                 break

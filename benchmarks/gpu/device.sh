@@ -2,7 +2,7 @@
 # Steps run on the GPU machine through the device tool (see README.md: "The sequence").
 #   recv DIR            copy one carried part of the engine bundle into /tmp/xfer
 #   install             reassemble the bundle into /tmp/site (vLLM 0.26.0 + its extra packages),
-#                       install qwenplan from this working tree into /tmp/qp, check both import
+#                       install the carried qwenplan wheel into /tmp/qp, check both import
 #   probe NAME          qwenplan probe --json > $OUT/NAME-probe.json; qwenplan doctor
 #   tick QUEUE SECONDS  (re)start the detached job runner for jobs/QUEUE.json if jobs remain,
 #                       wait up to SECONDS for it, then pack /tmp/gpu-results/QUEUE into $OUT
@@ -10,7 +10,8 @@ set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 export PYTHONUNBUFFERED=1
-site_env() { export PYTHONPATH=/tmp/site VLLM_USE_FLASHINFER_SAMPLER=0 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1; }
+SITE=${SITE:-/tmp/site}
+site_env() { export PYTHONPATH=$SITE VLLM_USE_FLASHINFER_SAMPLER=0 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1; }
 cmd=${1:-}; shift || true
 case "$cmd" in
 recv)
@@ -29,13 +30,13 @@ install)
   else cat /tmp/xfer/site.tar.xz.part* > /tmp/xfer/site.tar.xz && python3 -c 'import tarfile; tarfile.open("/tmp/xfer/site.tar.xz").extractall("/tmp/site")'; fi
   rm -f /tmp/xfer/site.tar.xz
   echo "bundle unpacked in $(( $(date +%s) - t )) s: $(du -sh /tmp/site | cut -f1)"
-  python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/qp "$REPO" 2>&1 | tail -3
+  python3 -m pip install -q --no-deps --no-index --no-compile --target /tmp/qp /tmp/xfer/qwenplan-*.whl 2>&1 | tail -3
   site_env
   python3 -c 'import vllm, torch; print("vllm", vllm.__version__, "torch", torch.__version__)' 2>&1 | tail -2
-  PYTHONPATH=/tmp/qp:/tmp/site python3 -c 'import qwenplan.launch.cli; print("qwenplan ok")' 2>&1 | tail -2
+  PYTHONPATH=/tmp/qp:$SITE python3 -c 'import qwenplan.launch.cli; print("qwenplan ok")' 2>&1 | tail -2
   echo "install done in $(( $(date +%s) - t )) s" ;;
 probe)
-  site_env; export PYTHONPATH=/tmp/qp:/tmp/site
+  site_env; export PYTHONPATH=/tmp/qp:$SITE
   python3 -c 'from qwenplan.launch.cli import main; main()' probe --json > "$OUT/$1-probe.json" 2> "$OUT/$1-probe.err"; echo "probe rc=$?"; head -c 600 "$OUT/$1-probe.json"; echo
   timeout 120 python3 -c 'from qwenplan.launch.cli import main; main()' doctor --engine-version 0.26.0 > "$OUT/$1-doctor.txt" 2>&1; echo "doctor rc=$?"; tail -25 "$OUT/$1-doctor.txt" ;;
 tick)

@@ -142,18 +142,12 @@ def build_plan(hw, plan_kw: dict):
                        concurrency=plan_kw.get("concurrency"), kv_dtype=plan_kw.get("kv_dtype"), mtp=mtp,
                        vision=bool(plan_kw.get("vision")), host=plan_kw.get("host", "127.0.0.1"),
                        port=plan_kw.get("port", 8000), served_name=plan_kw.get("served_name"),
-                       nodes=plan_kw.get("nodes", 1))
+                       nodes=plan_kw.get("nodes", 1), measured=plan_kw.get("measured"))
     return with_command(make_plan(hw, opts), tuple(plan_kw.get("extra_args") or ()))
 
 
 def plan_from_cli(kw: dict):
-    plan_kw, hw_kw = split_options(dict(kw))
-    hw = load_hardware(**{k: hw_kw.get(k) for k in ("hardware_file", "gpu_names", "gpu_count", "ram", "disk", "gpu_ids")})
-    return build_plan(hw, plan_kw)
-
-
-def _with_calibration(plan):
-    return plan
+    return _plan_here(kw)[1]
 
 
 @cli.command()
@@ -222,6 +216,258 @@ def variant_rows(p) -> list[dict]:
             row.update(fits=False, chosen=False, summary=rejected.get(v.id, "does not fit"))
         rows.append(row)
     return rows
+
+
+def _measured() -> dict:
+    """Engine reports stored on this box (qwenplan calibration), for plans to use."""
+    from qwenplan.launch import calibration
+
+    found, problems = calibration.lookup_all()
+    for p in problems:
+        click.echo(f"qwenplan: warning: {p}", err=True)
+    return found
+
+
+def _plan_here(kw: dict, use_calibration: bool = True):
+    plan_kw, hw_kw = split_options(dict(kw))
+    hw = load_hardware(**{k: hw_kw.get(k) for k in ("hardware_file", "gpu_names", "gpu_count", "ram", "disk", "gpu_ids")})
+    if use_calibration:
+        plan_kw["measured"] = _measured()
+    return hw, build_plan(hw, plan_kw)
+
+
+@cli.command()
+@_hardware_options
+@_plan_options
+@click.option("--no-parse", is_flag=True, help="Skip running the engine's own argument parser.")
+def doctor(no_parse, **kw):
+    """Is this box ready for the plan? Driver, engine, the argv through the engine's parser,
+    /dev/shm, port, disk. Exit 1 on any failed check."""
+    from qwenplan.launch.doctor import run_checks
+    from qwenplan.launch import views
+
+    hw, p = _plan_here(kw)
+    checks = run_checks(p, hw, parse=not no_parse)
+    c = views.console()
+    marks = {"ok": "[green]ok[/green]  ", "warn": "[yellow]warn[/yellow]", "fail": "[red]fail[/red]"}
+    for ch in checks:
+        c.print(f"{marks[ch.status]} {ch.name}: {ch.detail}" + (f" -> {ch.fix}" if ch.fix and ch.status != "ok" else ""),
+                soft_wrap=True)
+    if any(ch.status == "fail" for ch in checks):
+        raise click.exceptions.Exit(1)
+
+
+@cli.command()
+@click.argument("kind", type=click.Choice(["systemd", "compose", "k8s", "script"]))
+@_hardware_options
+@_plan_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to FILE (atomically) instead of stdout.")
+@click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
+@click.option("--venv", help="systemd/script: the engine's virtual environment (default: this one).")
+@click.option("--user", "user_unit", is_flag=True, help="systemd: a user unit (systemctl --user).")
+@click.option("--run-as", "run_as_user", help="systemd: a dedicated user to run the engine as.")
+@click.option("--env-file", help="Where secrets (HF_TOKEN, the API key) are read from.")
+@click.option("--image", help="compose/k8s: a different image than the engine's official one.")
+@click.option("--namespace", help="k8s: the namespace.")
+@click.option("--backend", type=click.Choice(["mp", "ray"]), default="mp", show_default=True,
+              help="Multi-node vLLM: its own multiprocessing (--nnodes) or a Ray cluster.")
+def export(kind, output, force, venv, user_unit, run_as_user, env_file, image, namespace, backend, **kw):
+    """The plan as a systemd unit, a docker compose file, Kubernetes manifests or a shell script."""
+    from qwenplan.launch import export as exp
+
+    _, p = _plan_here(kw, use_calibration=False)
+    if p.status != "ok":
+        raise QwenplanError("no plan fits, so there is nothing to export",
+                            "; ".join(p.requirements[:2]) or "see `qwenplan explain`")
+    options = {"systemd": dict(venv=venv, user_unit=user_unit, run_as_user=run_as_user, env_file=env_file,
+                               backend=backend),
+               "compose": dict(image=image, env_file=env_file, backend=backend),
+               "k8s": dict(image=image, namespace=namespace, backend=backend),
+               "script": dict(venv=venv, env_file=env_file, backend=backend)}[kind]
+    text = exp.render(kind, p.to_dict(), **options)
+    if output:
+        path = exp.write_atomic(output, text, force, mode=exp.file_mode(kind))
+        click.echo(f"wrote {path}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.group()
+def calibration():
+    """What engines reported on this box, which later plans use in place of the formula."""
+
+
+@calibration.command("list")
+def calibration_list():
+    from qwenplan.launch import calibration as cal
+
+    found = _measured()
+    if not found:
+        click.echo(f"no engine reports stored yet ({cal.store_dir()})")
+    for key, obs in found.items():
+        r = obs.get("reported") or {}
+        click.echo(f"{key}: {obs['date']} ({obs.get('source')}): weights {r.get('weights_bytes')}, "
+                   f"KV {r.get('kv_cache_bytes')} B, {r.get('kv_tokens')} tokens")
+
+
+@calibration.command("clear")
+def calibration_clear():
+    from qwenplan.launch import calibration as cal
+
+    click.echo(f"removed {cal.clear()} file(s) from {cal.store_dir()}")
+
+
+def _report(plan_doc: dict, lines: list[str], source: str) -> None:
+    """Predicted beside reported; a large miss is a warning naming both; the report is stored."""
+    from qwenplan.launch import calibration as cal
+    from qwenplan.launch.engine_log import parse_memory
+
+    rep = parse_memory(lines).to_dict()
+    m = plan_doc["memory"]
+    rows = [("weights", m.get("weights_bytes"), rep.get("weights_bytes")),
+            ("activation peak", m.get("activation_bytes"), rep.get("activation_bytes")),
+            ("KV cache memory", m.get("kv_cache_bytes"), rep.get("kv_cache_bytes")),
+            ("KV cache tokens", m.get("kv_cache_tokens"), rep.get("kv_tokens"))]
+    click.echo("memory: predicted / reported by the engine")
+    for name, pred, got in rows:
+        click.echo(f"  {name:16} {pred if pred is not None else '-':>16} {got if got is not None else '-':>16}")
+    for line in cal.compare(m, rep):
+        click.echo(f"qwenplan: warning: large miss: {line}", err=True)
+    if rep.get("weights_bytes"):
+        path = cal.record(plan_doc, rep, source)
+        click.echo(f"stored in {path}")
+
+
+def _launch(p, *, retry: int, log_dir, dummy_model: str | None = None, smoke: bool = True, keep: bool = True):
+    """Run the plan (real or dummy weights) with bounded retries; returns the Outcome."""
+    import copy
+
+    from qwenplan.launch.diagnose import run_with_retries
+    from qwenplan.launch.render import render
+
+    doc = p.to_dict()
+    api_key = None
+    for name in doc["command"].get("secret_env", []) + [a["env"] for a in doc["command"].get("secret_args", [])]:
+        if name != "HF_TOKEN" and os.environ.get(name):
+            api_key = os.environ[name]
+
+    def make_command(settings):
+        d = copy.deepcopy(doc)
+        d["settings"] = settings
+        extra = []
+        if dummy_model:
+            d["settings"] = dict(settings, model=dummy_model, load_format="dummy", skip_tokenizer_init=True)
+        cmd = render(d)
+        argv = cmd["argv"] + extra
+        for a in cmd.get("secret_args", []):
+            if os.environ.get(a["env"]):
+                argv += [a["flag"], os.environ[a["env"]]]
+        return argv, {**os.environ, **cmd["env"]}
+
+    return run_with_retries(make_command, doc["settings"], retries=retry, log_dir=log_dir,
+                            host=doc["settings"]["host"], port=doc["settings"]["port"],
+                            served_name=doc["settings"]["served_model_name"], api_key=api_key, smoke=smoke,
+                            install=doc["engine"]["install"])
+
+
+def _log_dir(kind: str):
+    from pathlib import Path
+    import time
+
+    from qwenplan.launch.calibration import store_dir
+
+    return store_dir().parent / "runs" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@cli.command()
+@_hardware_options
+@_plan_options
+@click.option("--dry-run", is_flag=True, help="Show the plan and command, do nothing.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask before downloading and launching.")
+@click.option("--retry", type=click.IntRange(0, 3), default=0, metavar="N",
+              help="After a known failure, relaunch with a safer plan up to N times.")
+@click.option("--verify", "verify_first", is_flag=True, help="Check the plan with dummy weights before downloading.")
+def auto(dry_run, yes, retry, verify_first, **kw):
+    """Probe, plan, fetch the checkpoint, launch, wait until healthy, smoke-test, stay in the foreground."""
+    from qwenplan.launch import fetch, runner, views
+
+    hw, p = _plan_here(kw)
+    views.show_plan(p, brief=True)
+    if p.status != "ok":
+        raise click.exceptions.Exit(3)
+    doc = p.to_dict()
+    click.echo(doc["command"]["shell"])
+    if dry_run:
+        return
+    if doc["settings"]["host"] not in ("127.0.0.1", "localhost", "::1") and not any(
+            os.environ.get(n) for n in doc["command"]["secret_env"][1:] + [a["env"] for a in doc["command"]["secret_args"]]):
+        click.echo(f"qwenplan: warning: serving on {doc['settings']['host']} without an API key", err=True)
+    disk = [(str(fetch.hub_cache_dir()), 0 if fetch.cached_snapshot(doc["variant"]["repo"]) else doc["variant"]["size_bytes"],
+             f"the checkpoint {doc['variant']['repo']}")]
+    ram = 0
+    if doc["engine"]["name"] == "vllm-offload":
+        if doc["settings"]["env"].get("VLLM_MOE_COLD_TIER_MODE") == "disk":
+            disk.append(("/tmp", doc["variant"]["expert_bytes"], "the fork's disk-backed expert store"))
+        else:
+            ram = doc["variant"]["expert_bytes"]
+    for line in runner.preflight(doc["command"]["argv"], host=doc["settings"]["host"], port=doc["settings"]["port"],
+                                 install=doc["engine"]["install"], disk=disk, ram_bytes=ram,
+                                 ram_available=hw.host.usable_ram_bytes):
+        click.echo(f"ok: {line}")
+    if not yes and not click.confirm("Download (if needed) and launch?", default=True):
+        raise click.exceptions.Exit(1)
+    if verify_first:
+        _verify(p, retry=retry)
+    fetch.ensure_checkpoint(doc["variant"]["repo"], doc["variant"].get("revision"), needed_bytes=doc["variant"]["size_bytes"])
+    out = _launch(p, retry=retry, log_dir=_log_dir("auto"))
+    _finish(doc, out, "qwenplan auto")
+
+
+def _finish(doc, out, source):
+    last = out.last
+    for a in out.attempts[:-1]:
+        click.echo(f"attempt {a.number}: {a.message} ({a.log_path})", err=True)
+    if not out.ok:
+        msg = last.diagnosis.message if last.diagnosis else last.message
+        click.echo(f"qwenplan: error: {msg} (log: {last.log_path})", err=True)
+        if last.next_settings:
+            from qwenplan.launch.diagnose import describe_change
+            click.echo(f"qwenplan: a safer plan exists: {describe_change(last.settings, last.next_settings)}; "
+                       f"rerun with --retry 1 to launch it", err=True)
+        raise click.exceptions.Exit(1)
+    doc = dict(doc, settings=last.settings)
+    _report(doc, out.engine.result.lines, source)
+    smoke = out.engine.result.smoke
+    if smoke:
+        click.echo(f"ready: first token after {smoke.ttft_s:.2f} s, {smoke.tokens_per_s or 0:.1f} tokens/s")
+    return out
+
+
+def _verify(p, retry: int = 0):
+    """Serve the plan with dummy weights from config.json alone; report, store, stop."""
+    from qwenplan.launch import fetch
+
+    doc = p.to_dict()
+    config = fetch.config_only(doc["variant"]["repo"], doc["variant"].get("revision"))
+    out = _launch(p, retry=retry, log_dir=_log_dir("verify"), dummy_model=str(config.parent), smoke=False)
+    try:
+        _finish(doc, out, "qwenplan verify (--load-format dummy)")
+    finally:
+        if out.engine is not None:
+            out.engine.stop()
+
+
+@cli.command()
+@_hardware_options
+@_plan_options
+@click.option("--retry", type=click.IntRange(0, 3), default=0, metavar="N", help="Retry with a safer plan up to N times.")
+def verify(retry, **kw):
+    """Before downloading tens of GB: start the engine on the plan with dummy weights (config.json
+    only), read its memory report, store it for later plans, stop it."""
+    _, p = _plan_here(kw)
+    if p.status != "ok":
+        raise click.exceptions.Exit(3)
+    _verify(p, retry=retry)
 
 
 def main(argv: list[str] | None = None) -> int:

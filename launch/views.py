@@ -160,7 +160,8 @@ def show_plan(plan, brief: bool = False) -> None:
         secrets = cmd.get("secret_env", []) + [a["env"] for a in cmd.get("secret_args", [])]
         c.print(f"[dim]secrets from the environment, never written out: {', '.join(secrets)}[/dim]")
         if not plan.engine.get("installed"):
-            c.print(f"install: {plan.engine['install']}", soft_wrap=True, markup=False)
+            c.print("install:")
+            c.print(plan.engine["install"], soft_wrap=True, markup=False)
 
 
 def show_variants(rows) -> None:

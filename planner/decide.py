@@ -21,7 +21,7 @@ from .errors import InputError
 from .hardware import GPU, Hardware
 from .model import Model, get_model
 from .plan import Decision, GpuMemory, Plan, Rejected
-from .sizing import Candidate, Sized, size, weights_on_gpu
+from .sizing import Candidate, Sized, apply_measured, calibration_key, size, weights_on_gpu
 from .units import GiB, gib
 from .variants import Variant, get_variant, variants_of
 from .versions import Version, in_range
@@ -50,6 +50,7 @@ class PlanOptions:
     port: int = 8000
     served_name: str | None = None
     nodes: int = 1
+    measured: dict | None = None      # calibration key -> latest engine report (launch/calibration.py)
 
 
 @lru_cache(maxsize=None)
@@ -168,6 +169,7 @@ class Option:
     seqs: int = 0
     full_length: int = 0
     fixes: tuple = ()           # workarounds applied: (id, reason, source, set, args, env)
+    measured: dict | None = None  # the engine's own report used in place of the formula
 
 
 def _tags(v: Variant, view: GpuView) -> set[str]:
@@ -301,9 +303,14 @@ def _candidates(v: Variant, choice: EngineChoice, view: GpuView, opts: PlanOptio
                         if any((w.get("set") or {}).get("enforce_eager") for w in fixes):
                             cand = replace(cand, eager=True)
                         sized = size(cand, budget, profiled)
+                        obs = (opts.measured or {}).get(calibration_key(view.names[0], eng.id, choice.version, v.id,
+                                                                        cand.kv_dtype, cand.tp))
+                        measured = apply_measured(cand, sized, obs) if obs else None
+                        sized = measured or sized
                         if not profiled and not cand.eager and view.cuda_total - budget < sized.cudagraph:
                             continue   # graphs outside the budget must fit beside it
-                        out.append(Option(cand, choice, sized, gmu, fixes=tuple(fixes)))
+                        out.append(Option(cand, choice, sized, gmu, fixes=tuple(fixes),
+                                          measured=obs if measured else None))
                         if sized.cache_bytes > 0 and batched == _batched_options(view)[0]:
                             break      # smaller prefill chunks only when memory is short
     return out
@@ -676,6 +683,17 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
                              f"{settings['api_key_env']} to require an API key")
     D(Decision("listen", f"{opts.host}:{opts.port}", "loopback only unless --host says otherwise" if opts.host == "127.0.0.1"
                else "--host", "qwenplan security default"))
+    if o.measured:
+        D(Decision("memory_model", f"measured on this box on {o.measured['date']}",
+                   f"weights, activation and graph memory as {eng.name} {c.version} reported them for this GPU, variant, "
+                   f"KV dtype and TP ({o.measured.get('source')}), in place of the formula",
+                   "qwenplan calibration list"))
+        if eng.arg_spellings("kv_cache_memory_bytes"):
+            # With a measured reserve the exact KV bytes are known: let vLLM take exactly those.
+            settings["kv_cache_memory_bytes"] = max(0, s.cache_bytes)
+    else:
+        D(Decision("memory_model", "formula", "no engine report for this combination on this box yet "
+                   "(`qwenplan verify` or `qwenplan auto` records one)", "profiles/memory.yaml"))
     plan.settings = settings
     plan.memory = _memory(o, view, plan)
     if s.layout and o.seqs > o.full_length:

@@ -155,3 +155,29 @@ def size(c: Candidate, budget: int, cudagraph_profiled: bool) -> Sized:
 
 def kv_dtype_bytes(kv_dtype: str) -> int:
     return DTYPE_BYTES["bfloat16" if kv_dtype == "auto" else kv_dtype]
+
+
+def calibration_key(gpu: str, engine: str, version: str, variant: str, kv_dtype: str, tp: int) -> str:
+    """The store key of what an engine reported for this combination (launch/calibration.py)."""
+    import re
+    raw = f"{gpu}--{engine}-{version}--{variant}--kv-{kv_dtype}--tp{tp}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", raw)
+
+
+def apply_measured(c: Candidate, s: Sized, observation: dict) -> Sized | None:
+    """Replace the formula's terms with what the engine reported for the same combination.
+    Activation and graph memory only carry over with the same prefill chunk and eager mode."""
+    rep = observation.get("reported") or {}
+    st = observation.get("settings") or {}
+    if not rep.get("weights_bytes"):
+        return None
+    same_shape = st.get("max_num_batched_tokens") == c.batched_tokens and bool(st.get("enforce_eager")) == c.eager
+    weights = rep["weights_bytes"]
+    activation = rep.get("activation_bytes") if same_shape and rep.get("activation_bytes") else s.activation
+    non_torch = rep.get("non_torch_bytes") or s.non_torch
+    cudagraph = (rep.get("cudagraph_bytes") or 0) if same_shape and not c.eager else s.cudagraph
+    inside = cudagraph if s.cudagraph_in_budget else 0
+    cache = s.budget - weights - s.expert_cache - activation - non_torch - inside
+    return Sized(budget=s.budget, weights=weights, expert_cache=s.expert_cache, activation=activation,
+                 non_torch=non_torch, cudagraph=cudagraph, cudagraph_in_budget=s.cudagraph_in_budget,
+                 cache_bytes=cache, kv_per_token=s.kv_per_token, state_per_seq=s.state_per_seq, layout=s.layout)

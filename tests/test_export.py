@@ -37,7 +37,7 @@ K8S_VERSION = "1.37.0"
 # Words that break naive quoting in at least one format.
 NASTY = ["--chat-template-kwargs", '{"enable_thinking": false, "note": "a b"}',
          "--override-generation-config", "$HOME %h 100% $(id) `id` ${PATH} \\n \\ 'q' \"dq\" * ? ~ # &",
-         "--x", ";", "--y", "", "--z", "naïve ünïcode — ok", "--w", "line1\nline2\ttab", "--v", "$$ %% $(", "--u",
+         "--x", ";", "--y", "", "--z", "naïve ünïcode — ok", "--w", "line1\nline2\ttab", "--v", "$$ %% $( $(HF_TOKEN) ${NOT_SECRET} $HF_TOKEN", "--u",
          "a;b|c>d<e"]
 
 
@@ -435,8 +435,33 @@ def test_compose_multinode(tmp_path):
 
 # --- Kubernetes ---------------------------------------------------------------------------------
 
-def k8s_unescape(w: str) -> str:
-    return w.replace("$$(", "$(")
+def k8s_expand(word: str, names: set[str]) -> str:
+    """The kubelet's expansion of command/args (k8s.io/kubernetes third_party/forked/golang/expansion):
+    `$$` is `$`, `$(NAME)` of a variable the container defines is its value (here `<NAME>`), anything
+    else stays as written."""
+    out, i = [], 0
+    while i < len(word):
+        if word[i] == "$" and i + 1 < len(word):
+            nxt = word[i + 1]
+            if nxt == "$":
+                out.append("$")
+                i += 2
+                continue
+            if nxt == "(":
+                j = word.find(")", i + 2)
+                if j != -1:
+                    name = word[i + 2:j]
+                    out.append(f"<{name}>" if name in names else word[i:j + 1])
+                    i = j + 1
+                    continue
+        out.append(word[i])
+        i += 1
+    return "".join(out)
+
+
+def k8s_argv(c: dict, extra: set[str] = frozenset()) -> list[str]:
+    names = {e["name"] for e in c.get("env", [])} | set(extra)
+    return [k8s_expand(w, names) for w in c["command"] + c.get("args", [])]
 
 
 def k8s_validate(doc: dict) -> None:
@@ -485,10 +510,8 @@ def test_k8s_argv_survives(key):
     plan = PLANS[key]()
     docs = k8s_docs(ex.render_k8s(plan))
     c = docs["Deployment"]["spec"]["template"]["spec"]["containers"][0]
-    got = [k8s_unescape(w) for w in c["command"] + c["args"]]
-    want = container_argv(plan)
-    want = [w.replace("${SGLANG_API_KEY}", "$(SGLANG_API_KEY)") for w in want]
-    assert got == want
+    want = [w.replace("${SGLANG_API_KEY}", "<SGLANG_API_KEY>") for w in container_argv(plan)]
+    assert k8s_argv(c) == want
     env = {e["name"]: e for e in c.get("env", [])}
     for s in secret_names(plan):
         assert env[s]["valueFrom"]["secretKeyRef"]["key"] == s and "value" not in env[s]
@@ -552,12 +575,13 @@ def test_k8s_multinode_vllm_lws():
     t = lws["spec"]["leaderWorkerTemplate"]
     assert t["size"] == 2
     lead, work = t["leaderTemplate"]["spec"]["containers"][0], t["workerTemplate"]["spec"]["containers"][0]
-    la, wa = lead["command"] + lead["args"], work["command"] + work["args"]
+    lws_env = {"LWS_LEADER_ADDRESS", "LWS_WORKER_INDEX", "LWS_GROUP_SIZE"}   # injected by the LWS controller
+    la, wa = k8s_argv(lead, lws_env), k8s_argv(work, lws_env)
     base = container_argv(plan)
     assert la == base + ["--distributed-executor-backend", "mp", "--nnodes", "2", "--node-rank", "0",
-                         "--master-addr", "$(LWS_LEADER_ADDRESS)"]
+                         "--master-addr", "<LWS_LEADER_ADDRESS>"]
     assert wa == base + ["--distributed-executor-backend", "mp", "--nnodes", "2", "--node-rank",
-                         "$(LWS_WORKER_INDEX)", "--master-addr", "$(LWS_LEADER_ADDRESS)", "--headless"]
+                         "<LWS_WORKER_INDEX>", "--master-addr", "<LWS_LEADER_ADDRESS>", "--headless"]
     _flags_in_file(plan, la + wa)
     assert "readinessProbe" in lead and "livenessProbe" in lead and "startupProbe" in lead
     assert "readinessProbe" not in work and "ports" not in work
@@ -590,7 +614,7 @@ def test_k8s_multinode_vllm_ray():
     script = lead["args"][1]
     assert "multi-node-serving.sh leader --ray_cluster_size=2 && exec vllm serve" in script
     assert script.endswith("--distributed-executor-backend ray")
-    assert "ray_address=\"${LWS_LEADER_ADDRESS}\"" in work["args"][1]
+    assert "ray_address=\"${LWS_LEADER_ADDRESS}\"" in k8s_expand(work["args"][1], set())
 
 
 def test_k8s_multinode_sglang():
@@ -598,13 +622,14 @@ def test_k8s_multinode_sglang():
     docs = k8s_docs(ex.render_k8s(plan))
     t = docs["LeaderWorkerSet"]["spec"]["leaderWorkerTemplate"]
     lead, work = t["leaderTemplate"]["spec"]["containers"][0], t["workerTemplate"]["spec"]["containers"][0]
-    la, wa = lead["command"] + lead["args"], work["command"] + work["args"]
-    for a, rank in ((la, "0"), (wa, "$(LWS_WORKER_INDEX)")):
+    lws_env = {"LWS_LEADER_ADDRESS", "LWS_WORKER_INDEX", "LWS_GROUP_SIZE"}
+    la, wa = k8s_argv(lead, lws_env), k8s_argv(work, lws_env)
+    for a, rank in ((la, "0"), (wa, "<LWS_WORKER_INDEX>")):
         assert a[a.index("--nnodes") + 1] == "2"
         assert a[a.index("--node-rank") + 1] == rank
-        assert a[a.index("--dist-init-addr") + 1] == "$(LWS_LEADER_ADDRESS):20000"
+        assert a[a.index("--dist-init-addr") + 1] == "<LWS_LEADER_ADDRESS>:20000"
         assert a[a.index("--tp-size") + 1] == "4" and a[a.index("--pp-size") + 1] == "2"
-        assert a[a.index("--api-key") + 1] == "$(SGLANG_API_KEY)"
+        assert a[a.index("--api-key") + 1] == "<SGLANG_API_KEY>"
         _flags_in_file(plan, a)
     with pytest.raises(InputError, match="SGLang has no ray"):
         ex.render_k8s(plan, backend="ray")
@@ -837,7 +862,7 @@ def test_broken_k8s_escaping_is_caught(monkeypatch):
     plan = nasty(load("vllm-h100-fp8"))
     c = yaml.safe_load_all(ex.render_k8s(plan))
     dep = next(d for d in c if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert [k8s_unescape(w) for w in dep["command"] + dep["args"]] != container_argv(plan)
+    assert k8s_argv(dep) != container_argv(plan)
 
 
 def test_broken_bash_quoting_is_caught(monkeypatch, tmp_path):

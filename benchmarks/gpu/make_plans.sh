@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Write the plan documents the GPU runs serve (run here, before the device calls; qwenplan installed).
+# Plans are what-ifs for the GPU model the run takes place on (--gpu NAME): the device machine
+# does not need qwenplan, and the same files are what compare.py reads the predictions from.
+set -eu
+cd "$(dirname "$0")"
+V=${ENGINE_VERSION:-0.26.0}
+qp() { out=plans/$1.json; shift; mkdir -p "$(dirname "$out")"
+       qwenplan plan --json --engine vllm --engine-version "$V" "$@" > "$out" || { echo "plan $out failed"; exit 1; }
+       python3 - "$out" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1])); s = d["settings"]; m = d["memory"]
+print(f"{sys.argv[1]}: {d['status']} {d['variant']['id']} len={s['max_model_len']} seqs={s['max_num_seqs']} "
+      f"kv={s['kv_cache_dtype']} spec={s['speculative']} tp={s['tensor_parallel']} dp={s['data_parallel']} "
+      f"kv_bytes={m['kv_cache_bytes']} kv_tokens={m.get('kv_cache_tokens')}")
+PY
+}
+qp h100/default    --gpu H100
+qp h100/bf16       --gpu H100 --variant bf16
+qp h100/mtp        --gpu H100 --mtp
+qp h100/throughput --gpu H100 --goal throughput
+qp h200/default    --gpu H200
+qp h200/fp8kv      --gpu H200 --kv-dtype fp8
+qp h200/fp8        --gpu H200 --variant fp8
+qp h200x2/default  --gpu H200 --gpus 2
+qp h200x2/tp2      --gpu H200 --gpus 2 --goal long-context

@@ -1,0 +1,98 @@
+"""`qwenplan doctor`: is this box ready for the plan? Each check ok / warn / fail with the fix."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from qwenplan.planner.engines import get_engine
+from qwenplan.planner.units import GiB, gib
+from qwenplan.planner.versions import Version
+
+
+@dataclass
+class Check:
+    name: str
+    status: str        # ok | warn | fail
+    detail: str
+    fix: str = ""
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def run_checks(plan, hw, parse=True) -> list[Check]:
+    from qwenplan.launch.engine_parser import run_parser
+
+    out: list[Check] = []
+    if plan.status != "ok":
+        return [Check("plan", "fail", "no plan fits this box", "; ".join(plan.requirements[:2]))]
+    eng = get_engine(plan.engine["name"])
+    version = plan.engine["version"]
+    # driver
+    need = (eng.runtime(version) or {}).get("min_driver")
+    have = (hw.driver or {}).get("version")
+    if not have:
+        out.append(Check("driver", "warn", "NVIDIA driver version unknown (no NVML)", "install the NVIDIA driver"))
+    elif need and Version(have) < Version(need):
+        out.append(Check("driver", "fail", f"driver {have} is older than {need}, which {eng.name} {version} "
+                         f"(CUDA {eng.runtime(version).get('cuda')}) needs",
+                         f"upgrade the driver to {need}+ or plan for an older engine (--engine-version)"))
+    else:
+        out.append(Check("driver", "ok", f"driver {have} (CUDA {hw.driver.get('cuda') or '?'}); "
+                         f"{eng.name} {version} needs {need}+"))
+    # engine installed
+    pkg = "vllm" if eng.id == "vllm-offload" else eng.id
+    installed = (hw.engines or {}).get(eng.id) or (hw.engines or {}).get(pkg)
+    if not installed:
+        out.append(Check("engine", "fail", f"{eng.name} is not installed", plan.engine["install"]))
+    elif Version(installed) != Version(version) and eng.id != "vllm-offload":
+        out.append(Check("engine", "warn", f"{eng.name} {installed} installed, the plan is for {version}",
+                         f"{plan.engine['install']}  (or plan for {installed} with --engine-version {installed})"))
+    else:
+        out.append(Check("engine", "ok", f"{eng.name} {installed}"))
+    # the argv through the engine's own parser
+    argv = plan.command["argv"]
+    if parse and installed:
+        r = run_parser("sglang" if eng.id == "sglang" else "vllm", argv)
+        if r is None:
+            out.append(Check("parser", "warn", f"could not find the Python of `{argv[0]}`", "check PATH"))
+        elif r.ok:
+            out.append(Check("parser", "ok", f"{argv[0]}'s own parser accepts the planned argv ({r.python})"))
+        else:
+            out.append(Check("parser", "fail", f"{argv[0]}'s parser refuses the argv: {r.error}",
+                             "plan for the installed version: --engine-version " + installed))
+    # /dev/shm for multi-GPU
+    gpus = plan.parallel["tensor"] * plan.parallel["pipeline"] * plan.parallel["data"]
+    shm = hw.host.shm_bytes
+    if gpus > 1:
+        if shm is None:
+            out.append(Check("shm", "warn", "/dev/shm size unknown", "give containers --ipc=host or --shm-size 16g"))
+        elif shm < 1 * GiB:
+            out.append(Check("shm", "fail", f"/dev/shm is {gib(shm)}: too small for {gpus} GPU processes",
+                             "run the container with --ipc=host (or --shm-size 16g)"))
+        else:
+            out.append(Check("shm", "ok", f"/dev/shm {gib(shm)}"))
+    # port
+    host, port = plan.settings["host"], plan.settings["port"]
+    if port_free(host, port):
+        out.append(Check("port", "ok", f"{host}:{port} is free"))
+    else:
+        out.append(Check("port", "fail", f"{host}:{port} is taken", f"stop what listens there or use --port {port + 1}"))
+    # disk
+    need_disk = plan.variant["size_bytes"]
+    free = hw.host.disk_free_bytes
+    if free is None:
+        out.append(Check("disk", "warn", "free disk at the Hugging Face cache unknown", "check HF_HOME"))
+    elif free < need_disk:
+        out.append(Check("disk", "fail", f"{gib(free)} free at {hw.host.disk_path}, the checkpoint needs {gib(need_disk)}",
+                         "free space, or point HF_HOME at a larger disk"))
+    else:
+        out.append(Check("disk", "ok", f"{gib(free)} free at {hw.host.disk_path}; the checkpoint takes {gib(need_disk)}"))
+    return out

@@ -1,0 +1,144 @@
+"""The command line as users meet it: one-line errors, exit codes, readable output, auto."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qwenplan.launch.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE = ROOT / "tests" / "fake_engine.py"
+
+
+def run(args, env=None, input=None):
+    e = {**os.environ, "NO_COLOR": "1", "COLUMNS": "80", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "qwenplan.launch.cli", *args], capture_output=True, text=True,
+                          env=e, input=input, timeout=120)
+
+
+def test_explain_without_gpu_is_readable_in_80_columns_and_exits_0():
+    r = run(["explain", "--hardware", str(ROOT / "examples/hardware/no-gpu.json")])
+    assert r.returncode == 0, r.stderr
+    assert "What it would take" in r.stdout
+    assert "\x1b[" not in r.stdout
+    assert max(len(line) for line in r.stdout.splitlines()) <= 80
+
+
+def test_explain_shows_decisions_memory_rejected_and_command():
+    r = run(["explain", "--gpu", "4090"])
+    assert r.returncode == 0, r.stderr
+    for part in ("Decisions", "Memory per GPU", "Rejected", "Command", "source:", "vllm serve"):
+        assert part in r.stdout
+    # Only the copy-pasteable command lines are left unwrapped.
+    long = [line for line in r.stdout.splitlines() if len(line) > 80]
+    assert all(" serve " in line or line.startswith("uv pip") for line in long), long
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["plan", "--gpu", "RTX 9999"], "unknown GPU"),
+    (["plan", "--gpu", "4090", "--engine", "tgi"], "unknown engine"),
+    (["plan", "--gpu", "4090", "--engine", "vllm", "--engine-version", "0.16.0"], "support starts at 0.17.0"),
+    (["plan", "--gpu", "4090", "--variant", "nope"], "unknown variant"),
+    (["plan", "--gpu", "4090", "--extra-arg=--swap-space"], "does not accept --swap-space"),
+    (["plan", "--gpu", "4090", "--context", "5000000"], "beyond what the model supports"),
+    (["plan", "--hardware", "/nonexistent.json"], "nonexistent"),
+])
+def test_bad_input_is_one_line_with_a_fix(args, needle):
+    r = run(args)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr
+
+
+def test_infeasible_plan_exits_3_and_json_is_versioned():
+    r = run(["plan", "--json", "--gpu", "3060", "--variant", "bf16"])
+    assert r.returncode == 3
+    doc = json.loads(r.stdout)
+    assert doc["schema"] == "qwenplan.plan/1" and doc["status"] == "infeasible" and doc["requirements"]
+
+
+def test_variants_lists_every_variant_with_fit_or_reason():
+    r = run(["variants", "--json", "--gpu", "H100"])
+    rows = json.loads(r.stdout)
+    assert sum(r["chosen"] for r in rows) == 1
+    nvfp4 = next(r for r in rows if r["id"] == "nvfp4-nvidia")
+    assert not nvfp4["fits"] and "compute capability" in nvfp4["summary"]
+
+
+def test_planning_imports_no_engine_torch_or_hub():
+    code = ("import sys; from qwenplan.launch.cli import main; main(['plan','--json','--gpu','4090']); "
+            "bad=[m for m in ('vllm','sglang','torch','huggingface_hub') if m in sys.modules]; "
+            "sys.stderr.write('IMPORTED:'+','.join(bad))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stderr.strip().endswith("IMPORTED:")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def fake_vllm(tmp_path, monkeypatch):
+    """A `vllm` on PATH that is the fake engine, and a prepared HF cache with the checkpoint."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    exe = bindir / "vllm"
+    exe.write_text(f"#!{sys.executable}\nimport runpy, sys\nsys.argv[0]={str(FAKE)!r}\nrunpy.run_path({str(FAKE)!r}, run_name='__main__')\n")
+    exe.chmod(0o755)
+    return {"PATH": f"{bindir}:{os.environ['PATH']}", "QWENPLAN_STATE_DIR": str(tmp_path / "state"),
+            "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+
+
+def test_auto_dry_run_does_nothing(fake_vllm, tmp_path):
+    port = free_port()
+    r = run(["auto", "--dry-run", "--gpu", "H100", "--port", str(port)], env=fake_vllm)
+    assert r.returncode == 0, r.stderr
+    assert "vllm serve" in r.stdout
+    assert not (tmp_path / "state").exists()        # no log, no store, no download
+
+
+def test_auto_refuses_a_taken_port_before_anything(fake_vllm):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = run(["auto", "--yes", "--gpu", "H100", "--port", str(port)], env=fake_vllm)
+    assert r.returncode != 0 and "already in use" in r.stderr
+
+
+def test_verify_serves_dummy_weights_reports_and_stores(fake_vllm, tmp_path):
+    # the config.json of the variant, as huggingface_hub would have cached it
+    snap = tmp_path / "hub" / "models--Qwen--Qwen3.6-35B-A3B-FP8" / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text((ROOT / "profiles/configs/qwen3.6-35b-a3b.json").read_text())
+    refs = tmp_path / "hub" / "models--Qwen--Qwen3.6-35B-A3B-FP8" / "refs"
+    refs.mkdir()
+    (refs / "main").write_text("a" * 40)
+    port = free_port()
+    r = run(["verify", "--gpu", "H100", "--engine", "vllm", "--engine-version", "0.32.0", "--port", str(port)],
+            env={**fake_vllm, "FAKE_ENGINE_MODE": "ok"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "predicted / reported" in r.stdout
+    listed = run(["calibration", "list"], env=fake_vllm)
+    assert "Qwen3.6-35B-A3B-FP8".lower().replace(".", "") in listed.stdout.lower().replace(".", "") or "fp8" in listed.stdout
+    # a later plan on the same combination uses it, and says so
+    explained = run(["explain", "--gpu", "H100", "--engine", "vllm", "--engine-version", "0.32.0"], env=fake_vllm)
+    assert "measured on this box on" in explained.stdout
+    assert run(["calibration", "clear"], env=fake_vllm).returncode == 0
+
+
+def test_a_corrupt_calibration_file_is_set_aside(fake_vllm, tmp_path):
+    d = tmp_path / "state" / "calibration"
+    d.mkdir(parents=True)
+    (d / "broken.json").write_text("{not json")
+    r = run(["plan", "--gpu", "H100"], env=fake_vllm)
+    assert r.returncode == 0
+    assert "set aside" in r.stderr
+    assert not (d / "broken.json").exists()

@@ -12,10 +12,11 @@ kubernetes-validate, bash -n, shellcheck).
 Decisions, with their sources:
 - Secrets (`command.secret_env`, e.g. HF_TOKEN, VLLM_API_KEY) are never written: systemd reads
   them from `EnvironmentFile=`, compose from `env_file:`, Kubernetes from a Secret through
-  `secretKeyRef`, the script sources an env file when it exists. An argv word may name a secret as
-  `${NAME}` (SGLang has no API-key environment variable, only `--api-key`): each format expands it
-  from the environment when the server starts. Env keys that look like secrets (TOKEN, API_KEY,
-  SECRET, PASSWORD) are treated as secrets even when the plan forgot to list them.
+  `secretKeyRef`, the script reads an env file (NAME=value lines, not sourced) when it exists. An
+  argv word may name a secret as `${NAME}` (SGLang has no API-key environment variable, only
+  `--api-key`): each format expands it from the environment when the server starts. Env keys that
+  end like a secret (_TOKEN, _API_KEY, _SECRET, _PASSWORD) are treated as secrets even when the plan
+  forgot to list them: their values are dropped.
 - In containers the engine listens on 0.0.0.0 (the argv's `--host` is rewritten) while compose
   publishes the port on the plan's host (127.0.0.1 by default) only.
 - GPUs: containers get the planned GPUs through the runtime (compose `device_ids`, Kubernetes
@@ -74,7 +75,8 @@ SGLANG_DIST_PORT = 20000             # docs.sglang.io multi-node example: --dist
 RAY_PORT = 6379
 DEFAULT_SHM = "15Gi"                 # vLLM's LWS example: /dev/shm emptyDir, medium Memory, sizeLimit 15Gi
 
-_SECRET_LIKE = re.compile(r"(TOKEN|API_KEY|APIKEY|SECRET|PASSWORD|PASSWD)", re.I)
+# HF_TOKEN, HUGGING_FACE_HUB_TOKEN, VLLM_API_KEY, ... but not TOKENIZERS_PARALLELISM or *_MAX_TOKENS
+_SECRET_LIKE = re.compile(r"(^|_)(TOKEN|API_KEY|APIKEY|SECRET|SECRET_KEY|PASSWORD|PASSWD)$", re.I)
 _SECRET_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

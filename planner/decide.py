@@ -629,7 +629,7 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
     D(Decision("max_model_len", o.context, ctx_reason, "planner/memory.py (vLLM hybrid paging, reproduced against shared/gpu-truth)"))
     if o.context > model.native_context:
         yarn = model.yarn
-        factor = next(f for ctxt, f in sorted(yarn["factors"].items()) if o.context <= ctxt)
+        factor = next(f for ctxt, f in sorted((int(k), v) for k, v in yarn["factors"].items()) if o.context <= ctxt)
         settings["hf_overrides"] = {"text_config": {"rope_parameters": {**yarn["rope_parameters"], "factor": factor}}}
         settings["env"].update(yarn["env"].get(eng.id, {}))
         plan.warnings.append(f"static YaRN (factor {factor}) for {o.context:,} tokens may lower quality on short texts "

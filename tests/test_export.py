@@ -790,12 +790,14 @@ def all_exports(plan: dict, tmp_path: Path) -> dict[str, str]:
 
 def test_secrets_never_inline(tmp_path):
     plan = load("vllm-h100-fp8")
-    plan["command"]["env"].update({"HF_TOKEN": "hf_s3cr3t_value", "MY_SERVICE_API_KEY": "apikey_s3cr3t_value"})
+    plan["command"]["env"].update({"HF_TOKEN": "hf_s3cr3t_value", "MY_SERVICE_API_KEY": "apikey_s3cr3t_value",
+                                   "TOKENIZERS_PARALLELISM": "false"})
     for kind, text in all_exports(plan, tmp_path).items():
         assert "s3cr3t_value" not in text, kind
         assert "MY_SERVICE_API_KEY" in text, kind     # treated as a secret: named, read from the secret store
     unit = all_exports(plan, tmp_path)["systemd"]
     assert "MY_SERVICE_API_KEY" not in sd_environment(unit)
+    assert sd_environment(unit)["TOKENIZERS_PARALLELISM"] == "false"      # not a secret: kept
 
 
 def test_infeasible_plan_refused():

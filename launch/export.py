@@ -393,8 +393,9 @@ def _image(v: _View, image: str | None) -> str:
         return f"vllm/vllm-openai:v{v.version}"
     if v.engine == "sglang":
         return f"lmsysorg/sglang:v{v.version}"
-    base = (v.plan.get("engine") or {}).get("base_version")
-    base_img = f"vllm/vllm-openai:v{base}" if base else "the official vllm/vllm-openai image of its base version"
+    eng = v.plan.get("engine") or {}
+    base_img = eng.get("base_image") or (f"vllm/vllm-openai:v{eng['base_version']}" if eng.get("base_version")
+                                         else "the official vllm/vllm-openai image of its base version")
     raise InputError(f"{v.engine} {v.version} has no published container image",
                      f"build one FROM {base_img} that runs `{v.install or 'the engine install command'}`, push it, "
                      "and export with --image NAME:TAG")
@@ -442,11 +443,31 @@ def _comment(lines: list[str]) -> str:
     return "\n".join(out) + "\n"
 
 
+# Scalars a YAML 1.2 reader (Go's yaml.v3 in kubectl and docker compose v2) takes for something other
+# than a string, which PyYAML (YAML 1.1) would write unquoted: 1e3, 0o17, 0x1F, +1, .5, ...
+_YAML12_NOT_STR = re.compile(r"""^(?:
+    ~|null|Null|NULL|true|True|TRUE|false|False|FALSE
+  | [-+]?[0-9]+ | 0o[0-7]+ | 0x[0-9a-fA-F]+
+  | [-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?
+  | [-+]?\.(?:inf|Inf|INF) | \.(?:nan|NaN|NAN)
+)$""", re.X)
+
+
 class _Dumper(yaml.SafeDumper):
-    """safe_dump without anchors/aliases: a repeated probe or volume is written out again."""
+    """safe_dump without anchors/aliases (a repeated probe or volume is written out again), quoting
+    every string that a YAML 1.1 or 1.2 reader could take for a number, a boolean or null."""
 
     def ignore_aliases(self, data: Any) -> bool:
         return True
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    if _YAML12_NOT_STR.match(data):
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="'")
+    return yaml.SafeDumper.represent_str(dumper, data)
+
+
+_Dumper.add_representer(str, _represent_str)
 
 
 def _yaml(obj: Any, many: bool = False) -> str:

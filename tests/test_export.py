@@ -38,7 +38,10 @@ K8S_VERSION = "1.37.0"
 NASTY = ["--chat-template-kwargs", '{"enable_thinking": false, "note": "a b"}',
          "--override-generation-config", "$HOME %h 100% $(id) `id` ${PATH} \\n \\ 'q' \"dq\" * ? ~ # &",
          "--x", ";", "--y", "", "--z", "naïve ünïcode — ok", "--w", "line1\nline2\ttab", "--v", "$$ %% $( $(HF_TOKEN) ${NOT_SECRET} $HF_TOKEN", "--u",
-         "a;b|c>d<e"]
+         "a;b|c>d<e", "--t", "1e3", "--s", "0o17", "--r", ".5", "--q", "on", "--p", "+1"]
+
+# YAML 1.2 readers (kubectl, docker compose v2) would read these unquoted as numbers or booleans.
+YAML12_TRAPS = ["1e3", "0o17", ".5", "+1", "on", "0x1F", "~", "null", "True", "12", "-3.0e-2", ".inf"]
 
 
 def _tool(name: str) -> str:
@@ -433,6 +436,14 @@ def test_compose_multinode(tmp_path):
         compose_config(tmp_path, text)
 
 
+def test_yaml_quotes_what_yaml12_would_not_read_as_strings():
+    plan = load("vllm-h100-fp8")
+    plan["command"]["argv"] += YAML12_TRAPS
+    for text in (ex.render_compose(plan), ex.render_k8s(plan)):
+        for w in YAML12_TRAPS:
+            assert f"- '{w}'\n" in text or f'- "{w}"\n' in text, w
+
+
 # --- Kubernetes ---------------------------------------------------------------------------------
 
 def k8s_expand(word: str, names: set[str]) -> str:
@@ -781,6 +792,33 @@ def test_script_multinode_ray(tmp_path):
     assert lines[-1]["argv"][-2:] == ["--distributed-executor-backend", "ray"]
 
 
+# --- every plan the planner wrote in examples/plans/, through every exporter and validator ---------
+
+PLANNER_PLANS = sorted(p.stem for p in (ROOT / "examples" / "plans").glob("*.json")
+                       if json.loads(p.read_text()).get("status") == "ok")
+
+
+@pytest.mark.parametrize("name", PLANNER_PLANS)
+def test_planner_plans_export_and_validate(tmp_path, name):
+    plan = json.loads((ROOT / "examples" / "plans" / f"{name}.json").read_text())
+    image = None if plan["engine"].get("image") else "registry.example/qwen-engine:1"   # the fork has none
+    venv = fake_venv(tmp_path)
+    unit = ex.render_systemd(plan, venv=str(venv))
+    assert sd_exec(unit) == [str(venv / "bin" / plan["command"]["argv"][0])] + expected_words(plan, plan["command"]["argv"][1:])
+    systemd_verify(tmp_path, unit, "qwen.service")
+    compose = ex.render_compose(plan, image=image)
+    compose_schema_check(yaml.safe_load(compose))
+    svc = compose_unescape(compose_config(tmp_path, compose)["services"]["qwen"])
+    assert svc["entrypoint"] + svc["command"] == container_argv(plan)
+    docs = k8s_docs(ex.render_k8s(plan, image=image))
+    assert k8s_argv(docs["Deployment"]["spec"]["template"]["spec"]["containers"][0]) == container_argv(plan)
+    script = ex.render_script(plan)
+    script_checks(tmp_path, script)
+    r = run_script(tmp_path, script)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["argv"] == plan["command"]["argv"][1:]
+
+
 # --- secrets, images, refusals ------------------------------------------------------------------
 
 def all_exports(plan: dict, tmp_path: Path) -> dict[str, str]:
@@ -812,7 +850,7 @@ def test_infeasible_plan_refused():
 
 def test_fork_without_image(tmp_path):
     plan = load("vllm-h100-fp8")
-    plan["engine"] = {"name": "vllm-offload", "version": "0.19.1+expert-offload", "base_version": "0.19.1",
+    plan["engine"] = {"name": "vllm-offload", "version": "0.19.0", "base_image": "vllm/vllm-openai:v0.19.1",
                       "install": "pip install git+https://github.com/caiovicentino/vllm-expert-offload.git"
                                  "@feat-ct-moe-wna16-marlin-offload", "image": None}
     for render in (ex.render_compose, ex.render_k8s):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -28,8 +29,9 @@ FIGURES = [
     ("weights", "weights_bytes", "weights_bytes", "GiB"),
     ("peak activation", "activation_bytes", "activation_bytes", "GiB"),
     ("non-torch", "non_torch_bytes", "non_torch_bytes", "GiB"),
-    ("CUDA graphs", "cudagraph_bytes", "cudagraph_bytes", "GiB"),
-    ("reserve (act.+non-torch+graphs)", "reserve", "reserve", "GiB"),
+    ("CUDA graphs (estimate, in the budget)", "cudagraph_bytes", "cudagraph_estimate_bytes", "GiB"),
+    ("CUDA graphs (captured, after KV sizing)", None, "cudagraph_bytes", "GiB"),
+    ("reserve (act. + non-torch + graph estimate)", "reserve", "reserve", "GiB"),
     ("KV cache memory", "kv_cache_bytes", "kv_cache_bytes", "GiB"),
     ("KV cache tokens", "kv_cache_tokens", "kv_tokens", "tokens"),
     ("max concurrency at max len", "max_concurrency_at_max_len", "max_concurrency", "x"),
@@ -61,9 +63,21 @@ def predicted(plan: dict) -> dict:
 
 
 def measured(res: dict) -> dict:
+    """vLLM's figures. The KV budget subtracts the *estimated* CUDA graph memory (profiled before
+    the KV cache is sized); what capturing took later is logged apart and reported beside it."""
     m = dict(res.get("memory") or {})
-    if None not in (m.get("activation_bytes"), m.get("non_torch_bytes"), m.get("cudagraph_bytes")):
-        m["reserve"] = m["activation_bytes"] + m["non_torch_bytes"] + m["cudagraph_bytes"]
+    est = (res.get("extras") or {}).get("cudagraph_estimate_gib")
+    log = REPO / res["_dir"] / "serve.log" if res.get("_dir") else None
+    if est is None and log is not None and log.exists():
+        hits = re.findall(r"Estimated CUDA graph memory: ([0-9.]+) GiB", log.read_text(errors="replace"))
+        est = float(hits[-1]) if hits else None
+    if est is not None:
+        m["cudagraph_estimate_bytes"] = int(est * GiB)
+    elif m.get("cudagraph_bytes") == 0:
+        m["cudagraph_estimate_bytes"] = 0
+    graphs = m.get("cudagraph_estimate_bytes")
+    if None not in (m.get("activation_bytes"), m.get("non_torch_bytes"), graphs):
+        m["reserve"] = m["activation_bytes"] + m["non_torch_bytes"] + graphs
     return m
 
 
@@ -97,7 +111,7 @@ def calibration(results: list[dict], tol: float) -> tuple[list[str], list[dict]]
         lines.append("| figure | predicted | measured | miss |")
         lines.append("|---|---:|---:|---:|")
         for label, pk, mk, unit in FIGURES:
-            pv, mv = p.get(pk), m.get(mk)
+            pv, mv = (p.get(pk) if pk else None), m.get(mk)
             miss = ""
             if pv is not None and mv not in (None, 0):
                 rel = (pv - mv) / mv
@@ -113,6 +127,26 @@ def calibration(results: list[dict], tol: float) -> tuple[list[str], list[dict]]
                                    "relative": round(rel, 4)})
             lines.append(f"| {label} | {fmt(pv, unit)} | {fmt(mv, unit)} | {miss} |")
     return lines, misses
+
+
+def measured_only(results: list[dict]) -> list[str]:
+    """Every run's own figures (baselines have no plan to compare with)."""
+    lines = ["| job | max_num_seqs | block | weights | activation | non-torch | graphs est. / captured | KV memory | "
+             "KV tokens | max conc. |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        if r.get("status") in ("not-run", "not-measured"):
+            continue
+        m = measured(r)
+        seqs = "1024 (default)"
+        argv = r.get("served_argv") or []
+        if "--max-num-seqs" in argv:
+            seqs = argv[argv.index("--max-num-seqs") + 1]
+        lines.append(f"| {r['name']} | {seqs} | {fmt(m.get('block_size'), 'tokens')} | {fmt(m.get('weights_bytes'), 'GiB')} | "
+                     f"{fmt(m.get('activation_bytes'), 'GiB')} | {fmt(m.get('non_torch_bytes'), 'GiB')} | "
+                     f"{fmt(m.get('cudagraph_estimate_bytes'), 'GiB')} / {fmt(m.get('cudagraph_bytes'), 'GiB')} | "
+                     f"{fmt(m.get('kv_cache_bytes'), 'GiB')} | {fmt(m.get('kv_tokens'), 'tokens')} | "
+                     f"{fmt(m.get('max_concurrency'), 'x')} |")
+    return lines
 
 
 def speed(results: list[dict]) -> list[str]:
@@ -143,9 +177,10 @@ def commands(results: list[dict]) -> list[str]:
         if "real_argv" not in r:
             continue
         env = " ".join(f"{k}={v}" for k, v in (r.get("real_env") or {}).items())
-        lines.append(f"- **{r['name']}**: `{(env + ' ') if env else ''}{' '.join(json.dumps(a) if ' ' in a or '{' in a else a for a in r['real_argv'])}`")
+        lines.append(f"- **{r['name']}** ({r.get('status')}): `{(env + ' ') if env else ''}{' '.join(json.dumps(a) if ' ' in a or '{' in a else a for a in r['real_argv'])}`")
         changes = "; ".join(c["what"] for c in r.get("changes", []))
-        lines.append(f"  - served with: {changes}")
+        if changes:
+            lines.append(f"  - served with: {changes}")
     return lines
 
 
@@ -162,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("### Memory model: predicted vs measured (per GPU)")
         print("\n".join(cal) if cal else "\n(no plan job measured)")
+        print("\n### What vLLM reported, every run (GiB; plans and baselines)\n")
+        print("\n".join(measured_only(results)))
         print("\n### Speed (generated tokens/s, fixed load: 1024 in / 256 out; c1 = 3 requests one at a time)\n")
         print("\n".join(speed(results)))
         print("\n### Exact commands (the real command, then what dummy serving changed)\n")

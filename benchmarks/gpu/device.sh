@@ -39,7 +39,7 @@ probe)
   site_env; export PYTHONPATH=/tmp/qp:$SITE
   python3 -c 'from qwenplan.launch.cli import main; main()' probe --json > "$OUT/$1-probe.json" 2> "$OUT/$1-probe.err"; echo "probe rc=$?"; head -c 600 "$OUT/$1-probe.json"; echo
   python3 -c 'from qwenplan.launch.cli import main; main()' plan --json --engine vllm --engine-version 0.26.0 > "$OUT/$1-plan-probed.json" 2>&1; echo "plan from the probe rc=$?"
-  timeout 120 python3 -c 'from qwenplan.launch.cli import main; main()' doctor --engine-version 0.26.0 > "$OUT/$1-doctor.txt" 2>&1; echo "doctor rc=$?"; tail -25 "$OUT/$1-doctor.txt" ;;
+  timeout 120 python3 -c 'from qwenplan.launch.cli import main; main()' doctor --engine vllm --engine-version 0.26.0 > "$OUT/$1-doctor.txt" 2>&1; echo "doctor rc=$?"; tail -25 "$OUT/$1-doctor.txt" ;;
 tick)
   Q=$1; WAIT=${2:-500}; R=/tmp/gpu-results/$Q; mkdir -p "$R"; site_env
   t=$(date +%s)

@@ -5,7 +5,8 @@
 set -eu
 cd "$(dirname "$0")"
 V=${ENGINE_VERSION:-0.26.0}
-qp() { out=plans/$1.json; shift; mkdir -p "$(dirname "$out")"
+ONLY=${1:-}   # e.g. "h200/" to remake only those plans
+qp() { case "$1" in "$ONLY"*) ;; *) return 0 ;; esac; out=plans/$1.json; shift; mkdir -p "$(dirname "$out")"
        qwenplan plan --json --engine vllm --engine-version "$V" "$@" > "$out" || { echo "plan $out failed"; exit 1; }
        python3 - "$out" <<'PY'
 import json, sys
@@ -22,5 +23,6 @@ qp h100/throughput --gpu H100 --goal throughput
 qp h200/default    --gpu H200
 qp h200/fp8kv      --gpu H200 --kv-dtype fp8
 qp h200/fp8        --gpu H200 --variant fp8
+qp h200/nomtp      --gpu H200 --no-mtp
 qp h200x2/default  --gpu H200 --gpus 2
 qp h200x2/tp2      --gpu H200 --gpus 2 --goal long-context

@@ -41,6 +41,11 @@ DUMMY_FLAGS = [
     ("--skip-tokenizer-init", None, "no tokenizer files: prompts are token ids"),
     ("--gdn-prefill-backend", "triton", "FlashInfer is not installed (Hopper's default DeltaNet prefill is FlashInfer's)"),
 ]
+# Parsers build on the tokenizer's vocabulary at start (vllm/parser/engine/parser_engine.py
+# `vocab`), which --skip-tokenizer-init leaves out; they change neither memory nor the
+# completions load.
+DROP_FLAGS = [("--reasoning-parser", 1), ("--tool-call-parser", 1), ("--enable-auto-tool-choice", 0)]
+DROP_WHY = "the parser needs the tokenizer's vocabulary at start (no tokenizer files with dummy weights)"
 DUMMY_ENV = {
     "VLLM_USE_FLASHINFER_SAMPLER": "0",   # FlashInfer is not installed
     "PYTHONUNBUFFERED": "1",
@@ -49,6 +54,9 @@ DUMMY_ENV = {
 }
 
 EXTRA_RULES = {
+    "cudagraph_estimate_gib": re.compile(r"Estimated CUDA graph memory: ([0-9.]+) GiB"),
+    "cudagraph_pool_actual_gib": re.compile(r"CUDA graph pool memory: ([0-9.]+) GiB \(actual\)"),
+    "init_engine_seconds": re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([0-9.]+) s"),
     "graph_capture_seconds": re.compile(r"Graph capturing finished in ([0-9.]+) secs"),
     "graph_capture_gib": re.compile(r"Graph capturing finished in [0-9.]+ secs, took ([0-9.\-]+) GiB"),
     "torch_compile_seconds": re.compile(r"torch\.compile took ([0-9.]+) s in total"),
@@ -122,6 +130,12 @@ def served_command(job: dict, plan: dict | None) -> tuple[list[str], dict[str, s
         else:
             rest[i] = f"--model={model_dir}"
         changes.append({"what": f"model {old} -> {model_dir}", "why": "config.json only (dummy weights)"})
+    for flag, nval in DROP_FLAGS:
+        while has_flag(rest, flag):
+            i = next(i for i, a in enumerate(rest) if a == flag or a.startswith(flag + "="))
+            n = 1 + (nval if rest[i] == flag else 0)
+            changes.append({"what": f"drop {' '.join(rest[i:i + n])}", "why": DROP_WHY})
+            del rest[i:i + n]
     for flag, value, why in DUMMY_FLAGS + [tuple(x) for x in job.get("dummy_flags", [])]:
         if has_flag(rest, flag):
             continue
@@ -196,9 +210,9 @@ def run_job(job: dict, results: Path, el) -> dict:
     name = job["name"]
     d = results / name
     d.mkdir(parents=True, exist_ok=True)
-    (d / "started").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+    (d / "started").write_text(str(job.get("attempt", 1)))
     plan = json.loads((REPO / job["plan"]).read_text()) if job.get("plan") else None
-    res: dict = {"name": name, "kind": job.get("kind", "plan" if plan else "baseline"), "plan": job.get("plan"),
+    res: dict = {"name": name, "attempt": job.get("attempt", 1), "kind": job.get("kind", "plan" if plan else "baseline"), "plan": job.get("plan"),
                  "note": job.get("note"), "gpus": gpu_info()}
     try:
         cmd, env_add, changes = served_command(job, plan)
@@ -276,7 +290,13 @@ def pending(jobs_file: Path, results: Path) -> list[dict]:
     except Exception as e:  # noqa: BLE001
         log(f"cannot read {jobs_file}: {e}")
         return []
-    return [j for j in jobs if not j.get("skip") and not (results / j["name"] / "started").exists()]
+    def tried(j):
+        f = results / j["name"] / "started"
+        try:
+            return int(f.read_text().strip() or 1) if f.exists() else 0
+        except ValueError:
+            return 1
+    return [j for j in jobs if not j.get("skip") and tried(j) < j.get("attempt", 1)]
 
 
 def main() -> int:

@@ -26,7 +26,9 @@ class MemoryReport:
     weights_bytes: int | None = None
     activation_bytes: int | None = None
     non_torch_bytes: int | None = None
-    cudagraph_bytes: int | None = None
+    cudagraph_bytes: int | None = None       # graph memory inside the budget: vLLM's estimate where it logs one
+    cudagraph_estimate_bytes: int | None = None   # 'Estimated CUDA graph memory' (subtracted before KV sizing)
+    cudagraph_captured_bytes: int | None = None   # what the captured graphs took ('Actual usage'), may exceed it
     kv_cache_bytes: int | None = None
     kv_tokens: int | None = None
     max_concurrency: float | None = None
@@ -56,7 +58,7 @@ class MemoryReport:
 _GIB_RULES: list[tuple[str, re.Pattern]] = [
     ("weights_bytes", re.compile(r"Model loading took " + _NUM + r" GiB")),
     ("kv_cache_bytes", re.compile(r"Available KV cache memory: " + _NUM + r" GiB")),
-    ("cudagraph_bytes", re.compile(r"Estimated CUDA graph memory: " + _NUM + r" GiB")),
+    ("cudagraph_estimate_bytes", re.compile(r"Estimated CUDA graph memory: " + _NUM + r" GiB")),
 ]
 _INT_RULES: list[tuple[str, re.Pattern]] = [
     ("kv_tokens", re.compile(r"GPU KV cache size: " + _NUM + r" tokens")),
@@ -112,8 +114,7 @@ def parse_memory(lines) -> MemoryReport:
             r.weights_bytes = int(_num(m.group(3)) * GiB)
             r.activation_bytes = int(_num(m.group(4)) * GiB)
             r.non_torch_bytes = int(_num(m.group(5)) * GiB)
-            if r.cudagraph_bytes is None or _num(m.group(6)) > 0:
-                r.cudagraph_bytes = int(_num(m.group(6)) * GiB)
+            r.cudagraph_captured_bytes = int(_num(m.group(6)) * GiB)
             r.sources["activation_bytes"] = line.strip()
         m = _FIT.search(line)
         if m:
@@ -126,4 +127,7 @@ def parse_memory(lines) -> MemoryReport:
         m = _INIT.search(line)
         if m:
             r.init_seconds = _num(m.group(1))
+    # The budget holds the estimate (vLLM >= 0.20 profiles graphs before sizing the cache);
+    # without one, what the graphs took is the figure to plan with.
+    r.cudagraph_bytes = r.cudagraph_estimate_bytes if r.cudagraph_estimate_bytes is not None else r.cudagraph_captured_bytes
     return r

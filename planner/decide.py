@@ -21,7 +21,8 @@ from .errors import InputError
 from .hardware import GPU, Hardware
 from .model import Model, get_model
 from .plan import Decision, GpuMemory, Plan, Rejected
-from .sizing import Candidate, Sized, apply_measured, calibration_key, size, weights_on_gpu
+from .sizing import (Candidate, Sized, apply_measured, calibration_key, size, vllm_default_batched_tokens,
+                     weights_on_gpu)
 from .units import GiB, gib
 from .variants import Variant, get_variant, variants_of
 from .versions import Version, in_range
@@ -291,6 +292,9 @@ def _candidates(v: Variant, choice: EngineChoice, view: GpuView, opts: PlanOptio
     profiled = eng.default("cudagraph_memory_profiled", choice.version)[0]
     profiled = True if profiled is None else profiled
     mtp_opts, _ = _mtp_options(v, choice, opts, goal)
+    # Sized first at the sequence cap (the sampler's activation and the graphs grow with it),
+    # then again at the count chosen (_evaluate).
+    cap = opts.concurrency or goal["max_seqs"]
     for tp, pp, dp in _layouts(v, view, opts, eng.id):
         for kv in _kv_options(opts, view, choice):
             for spec in mtp_opts:
@@ -298,30 +302,32 @@ def _candidates(v: Variant, choice: EngineChoice, view: GpuView, opts: PlanOptio
                     cache_sizes = [None] if eng.id != "vllm-offload" else [0]
                     for ec in cache_sizes:
                         cand = Candidate(v, eng.id, choice.version, tp, pp, dp, kv, spec, False, ec, batched,
-                                         opts.vision)
+                                         opts.vision, cap)
                         fixes = _workarounds_for(cand, v, view)
                         if any((w.get("set") or {}).get("enforce_eager") for w in fixes):
                             cand = replace(cand, eager=True)
-                        sized = size(cand, budget, profiled)
-                        obs = (opts.measured or {}).get(calibration_key(view.names[0], eng.id, choice.version, v.id,
-                                                                        cand.kv_dtype, cand.tp))
-                        measured = apply_measured(cand, sized, obs) if obs else None
-                        sized = measured or sized
+                        sized, obs = _size(cand, budget, profiled, opts, view)
                         if not profiled and not cand.eager and view.cuda_total - budget < sized.cudagraph:
                             continue   # graphs outside the budget must fit beside it
-                        out.append(Option(cand, choice, sized, gmu, fixes=tuple(fixes),
-                                          measured=obs if measured else None))
+                        out.append(Option(cand, choice, sized, gmu, fixes=tuple(fixes), measured=obs))
                         if sized.cache_bytes > 0 and batched == _batched_options(view)[0]:
                             break      # smaller prefill chunks only when memory is short
     return out
 
 
+def _size(cand: Candidate, budget: int, profiled: bool, opts: PlanOptions, view: GpuView) -> tuple[Sized, dict | None]:
+    """The formula's sizing, or what the engine reported on this box for the same combination."""
+    sized = size(cand, budget, profiled)
+    obs = (opts.measured or {}).get(calibration_key(view.names[0], cand.engine, cand.version, cand.variant.id,
+                                                    cand.kv_dtype, cand.tp))
+    measured = apply_measured(cand, sized, obs) if obs else None
+    return (measured, obs) if measured else (sized, None)
+
+
 def _batched_options(view: GpuView) -> tuple[int, ...]:
     """vLLM's own default prefill chunk for this GPU first, then at most one halving: smaller
     chunks free activation memory but slow long prefills."""
-    k = load_profile("memory.yaml")["vllm"]
-    large = view.cuda_total >= k["large_gpu_bytes"] and not any("A100" in n for n in view.names)
-    first = k["batched_tokens_large_gpu"] if large else k["batched_tokens_small_gpu"]
+    first, large = vllm_default_batched_tokens(view.cuda_total, view.names)
     return (first, first // 2) if large else (first,)
 
 
@@ -356,6 +362,12 @@ def _evaluate(o: Option, context: int, goal: dict, opts: PlanOptions, view: GpuV
         seqs = min(max_seqs, s.cache_bytes // (typical * s.kv_per_token + s.state_per_seq))
     if seqs < min_seqs:
         return None
+    if seqs < o.cand.max_seqs:
+        # Fewer sequences than the cap: a smaller sampler pass and fewer graphs leave more cache.
+        cand = replace(o.cand, max_seqs=int(seqs))
+        s, obs = _size(cand, s.budget, s.cudagraph_in_budget, opts, view)
+        o = replace(o, cand=cand, sized=s, measured=obs)
+        full = s.full_length_seqs(context)
     return replace(o, context=context, seqs=int(seqs), full_length=int(full))
 
 
@@ -626,7 +638,7 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
     if o.context < model.min_thinking_context:
         plan.warnings.append(f"context {o.context:,} is below the {model.min_thinking_context:,} tokens the model card "
                              f"advises for thinking mode")
-    D(Decision("max_model_len", o.context, ctx_reason, "planner/memory.py (vLLM hybrid paging, reproduced against shared/gpu-truth)"))
+    D(Decision("max_model_len", o.context, ctx_reason, "planner/memory.py (vLLM hybrid paging, checked against real vLLM 0.26.0 runs on an H100 and an H200: benchmarks/gpu/RESULTS.md)"))
     if o.context > model.native_context:
         yarn = model.yarn
         factor = next(f for ctxt, f in sorted((int(k), v) for k, v in yarn["factors"].items()) if o.context <= ctxt)
@@ -638,7 +650,8 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
                    f"{model.native_context:,}: the card's static YaRN override", yarn["source"]))
     D(Decision("max_num_seqs", o.seqs, _seqs_reason(o, goal, opts), "planner/decide.py; profiles/goals.yaml"))
     D(Decision("max_num_batched_tokens", c.batched_tokens,
-               f"prefill chunk; peak activation ~{gib(s.activation)} grows with it" +
+               f"prefill chunk; peak activation ~{gib(s.activation)} (the larger of one chunk's forward pass "
+               f"and the sampler over {c.max_seqs} sequences{', plus the MTP drafter' if c.spec_tokens else ''})" +
                ("" if c.batched_tokens == _batched_options(view)[0] else
                 f" (lowered from vLLM's default {_batched_options(view)[0]} so the cache fits)"),
                load_profile("memory.yaml")[c.family]["activation_source"]))

@@ -6,9 +6,10 @@ attention page is at least a DeltaNet state page, the state page is padded to ma
 layers are grouped so that every group shares one block pool
 (vllm/model_executor/models/config.py HybridAttentionMambaModelConfig;
 vllm/v1/core/kv_cache_utils.py get_kv_cache_config, get_max_concurrency_for_kv_cache_config).
-Reproduced against real vLLM 0.26.0 on an H100 (shared/gpu-truth): block 544 tokens,
-193,536 tokens from 3.92 GiB, 5.91x for 32k, 5.03 GiB for one 262,144-token request,
-169,184 tokens estimated to fit into 3.26 GiB.
+Reproduced against real vLLM 0.26.0 on an H100 and an H200 (benchmarks/gpu/RESULTS.md): with
+the config's float32 recurrent state, blocks of 1,056 tokens (BF16 KV), 1,072 (BF16 KV + MTP 2),
+2,096 (FP8 KV), 2,128 (FP8 KV + MTP 2), and every 'GPU KV cache size' and 'Maximum concurrency'
+of eight runs; with a bfloat16 state, the 544-token block of shared/gpu-truth's log.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def deltanet_state_per_seq(shape: Shape, **kw) -> int:
 # --- vLLM's hybrid KV cache --------------------------------------------------------------
 
 # Attention block sizes are multiples of this kernel alignment: with bf16 KV (2,048 B per token
-# and layer) a 1,097,728 B state page needs 536 tokens, rounded up to 544 in vLLM 0.26's log;
+# and layer) a 2,146,304 B state page (float32 state) needs 1,048 tokens, 1,056 in vLLM 0.26's log;
 # with fp8 KV and a float32 state, 2,096 tokens (third-party vLLM 0.30 log, research notes).
 VLLM_BLOCK_ALIGN = 16
 
@@ -85,6 +86,7 @@ class VllmLayout:
     group_size: int             # layers per KV cache group: every group shares one pool of blocks
     attention_groups: int
     state_groups: int
+    num_spec: int = 0           # MTP draft tokens: each state group holds 1 + num_spec pages per request
 
     @property
     def padding(self) -> float:
@@ -95,10 +97,16 @@ class VllmLayout:
         """Memory of one block id: one page in each of group_size layer tensors."""
         return self.page_bytes * self.group_size
 
+    @property
+    def state_blocks(self) -> int:
+        """State pages one request holds: one per state group, plus one per draft token under
+        speculative decoding (vLLM's MambaSpec num_speculative_blocks)."""
+        return self.state_groups * (1 + self.num_spec)
+
     def blocks_per_request(self, tokens: int) -> int:
         """Blocks one request of `tokens` tokens holds: its attention blocks in each attention
-        group plus one state page in each state group."""
-        return ceil_div(tokens, self.block_size) * self.attention_groups + self.state_groups
+        group plus its state pages (262,144 tokens, MTP 2: 245 + 3 x 3 = 254 blocks)."""
+        return ceil_div(tokens, self.block_size) * self.attention_groups + self.state_blocks
 
     def bytes_per_request(self, tokens: int) -> int:
         return self.blocks_per_request(tokens) * self.block_bytes
@@ -117,12 +125,12 @@ class VllmLayout:
 
     def max_model_len(self, kv_memory: int) -> int:
         """The longest request that fits: vLLM's 'estimated maximum model length'."""
-        blocks = self.num_blocks(kv_memory) - self.state_groups
+        blocks = self.num_blocks(kv_memory) - self.state_blocks
         return max(0, (blocks // self.attention_groups) * self.block_size)
 
 
 def vllm_layout(shape: Shape, kv_dtype: str = "bfloat16", tp: int = 1, conv_dtype: str = "bfloat16",
-                ssm_dtype: str = "bfloat16", num_spec: int = 0, ssm_copies: int = 1,
+                ssm_dtype: str = "float32", num_spec: int = 0, ssm_copies: int = 1,
                 extra_attention_layers: int = 0) -> VllmLayout:
     """vLLM's page unification for a hybrid model (an MTP draft adds one attention layer)."""
     attn_per_token = kv_bytes_per_token_per_layer(shape, kv_dtype, tp)
@@ -138,5 +146,5 @@ def vllm_layout(shape: Shape, kv_dtype: str = "bfloat16", tp: int = 1, conv_dtyp
     return VllmLayout(
         block_size=block, page_bytes=page, state_bytes=state, attention_layers=attn_layers,
         state_layers=state_layers, group_size=group, attention_groups=ceil_div(attn_layers, group),
-        state_groups=ceil_div(state_layers, group),
+        state_groups=ceil_div(state_layers, group), num_spec=num_spec,
     )

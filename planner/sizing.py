@@ -40,6 +40,7 @@ class Candidate:
     expert_cache: int | None = None   # offload fork: expert slots per layer on the GPU
     batched_tokens: int = 8192
     vision: bool = False
+    max_seqs: int = 64       # max_num_seqs: sizes the sampler's activation and the CUDA graphs
 
     @property
     def family(self) -> str:
@@ -131,13 +132,53 @@ def state_dtype(c: Candidate) -> str:
     return constants(c.family)["ssm_state_dtype"]
 
 
+def vllm_default_batched_tokens(cuda_total: int, gpu_names=()) -> tuple[int, bool]:
+    """(vLLM's default max_num_batched_tokens for the OpenAI server on this GPU, whether it is a
+    'large' GPU by vLLM's rule: >= 70 GiB and not an A100)."""
+    k = constants("vllm")
+    large = cuda_total >= k["large_gpu_bytes"] and not any("A100" in n.upper() for n in gpu_names)
+    if cuda_total >= k["huge_gpu_bytes"]:
+        return k["batched_tokens_huge_gpu"], True
+    return (k["batched_tokens_large_gpu"] if large else k["batched_tokens_small_gpu"]), large
+
+
+def vllm_default_max_num_seqs(cuda_total: int, gpu_names=()) -> int:
+    k = constants("vllm")
+    return k["default_max_num_seqs_large_gpu" if vllm_default_batched_tokens(cuda_total, gpu_names)[1]
+             else "default_max_num_seqs_small_gpu"]
+
+
+def activation_bytes(c: Candidate) -> int:
+    """Peak activation of the engine's profiling run on one GPU: the larger of one prefill
+    chunk's forward pass (split over TP ranks) and the sampler over max_num_seqs rows of logits
+    (whole on every rank), plus the MTP drafter's pass (profiles/memory.yaml)."""
+    k = constants(c.family)
+    forward = (k["activation_base_bytes"] + k["activation_bytes_per_batched_token"] * c.batched_tokens) // c.tp
+    sampler = k["sampler_bytes_per_seq"] * c.max_seqs
+    return max(forward, sampler) + (k["mtp_drafter_activation_bytes"] if c.spec_tokens else 0)
+
+
+def cudagraph_capture_size(c: Candidate) -> int:
+    """vLLM's largest CUDA graph batch: min(2 x max_num_seqs x (1 + draft tokens), 512, chunk)."""
+    k = constants(c.family)
+    return min(2 * c.max_seqs * (1 + c.spec_tokens), k["cudagraph_max_capture_size"], c.batched_tokens)
+
+
+def cudagraph_bytes(c: Candidate) -> int:
+    """The graph memory the engine sets aside (vLLM: its estimate, before sizing the KV cache)."""
+    if c.eager:
+        return 0
+    k = constants(c.family)
+    return k["cudagraph_base_bytes"] + k["cudagraph_bytes_per_capture_size"] * cudagraph_capture_size(c)
+
+
 def size(c: Candidate, budget: int, cudagraph_profiled: bool) -> Sized:
     k = constants(c.family)
     m = c.variant.model
     weights, expert_cache, _ = weights_on_gpu(c)
-    activation = k["activation_bytes_per_batched_token"] * c.batched_tokens // c.tp
+    activation = activation_bytes(c)
     non_torch = k["non_torch_bytes"] + (k.get("non_torch_multi_gpu_extra_bytes", 0) if c.tp * c.pp > 1 else 0)
-    cudagraph = 0 if c.eager else k["cudagraph_bytes"]
+    cudagraph = cudagraph_bytes(c)
     in_budget = cudagraph_profiled or c.family == "sglang"
     cache = budget - weights - expert_cache - activation - non_torch - (cudagraph if in_budget else 0)
     kv_dtype = "bfloat16" if c.kv_dtype == "auto" else c.kv_dtype
@@ -166,16 +207,21 @@ def calibration_key(gpu: str, engine: str, version: str, variant: str, kv_dtype:
 
 def apply_measured(c: Candidate, s: Sized, observation: dict) -> Sized | None:
     """Replace the formula's terms with what the engine reported for the same combination.
-    Activation and graph memory only carry over with the same prefill chunk and eager mode."""
+    Activation and graph memory only carry over with the same prefill chunk, sequence cap,
+    speculation and eager mode (each changes them); the graph figure is vLLM's estimate, the
+    one it subtracts before sizing the cache."""
     rep = observation.get("reported") or {}
     st = observation.get("settings") or {}
     if not rep.get("weights_bytes"):
         return None
-    same_shape = st.get("max_num_batched_tokens") == c.batched_tokens and bool(st.get("enforce_eager")) == c.eager
+    spec = (st.get("speculative") or {}).get("num_speculative_tokens", 0)
+    same_shape = (st.get("max_num_batched_tokens") == c.batched_tokens and bool(st.get("enforce_eager")) == c.eager
+                  and st.get("max_num_seqs") == c.max_seqs and spec == c.spec_tokens)
     weights = rep["weights_bytes"]
     activation = rep.get("activation_bytes") if same_shape and rep.get("activation_bytes") else s.activation
     non_torch = rep.get("non_torch_bytes") or s.non_torch
-    cudagraph = (rep.get("cudagraph_bytes") or 0) if same_shape and not c.eager else s.cudagraph
+    graph_estimate = rep.get("cudagraph_estimate_bytes", rep.get("cudagraph_bytes"))
+    cudagraph = (graph_estimate or 0) if same_shape and not c.eager else s.cudagraph
     inside = cudagraph if s.cudagraph_in_budget else 0
     cache = s.budget - weights - s.expert_cache - activation - non_torch - inside
     return Sized(budget=s.budget, weights=weights, expert_cache=s.expert_cache, activation=activation,

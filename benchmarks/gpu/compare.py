@@ -1,41 +1,46 @@
 #!/usr/bin/env python3
 """Predicted versus measured: the memory model's figures beside what vLLM reported, and the speed.
 
-Reads every benchmarks/gpu/results/<queue>/<job>/result.json (written by runner.py on the GPU
-machine) and, for plan jobs, the plan document the job served (its `memory` section holds the
-predictions). Prints Markdown tables; exits 1 when a predicted figure misses by more than the
-tolerance (5 % by default) on any measured configuration, so it can gate a calibration.
+Reads every benchmarks/gpu/results/<queue>/<job>/result.json and serve.log (written by runner.py
+on the GPU machine). The predictions are the memory model's *as it is now* for the command that
+was served (predict.py: the planner sized on the CUDA total vLLM logged), so every run, plan or
+baseline, keeps checking the model; what vLLM reported is read again from serve.log with
+launch/engine_log.py. Prints Markdown tables; exits 1 when a predicted figure misses by more than
+the tolerance (5 % by default) on any measured configuration, so it can gate a calibration.
 
     python3 benchmarks/gpu/compare.py [--results benchmarks/gpu/results] [--tolerance 0.05] [--json]
 
 vLLM prints its memory figures in GiB with two decimals (10 MiB steps), so a small term such as
-non-torch memory (~0.23 GiB) carries up to 2 % of rounding by itself; the table shows both values.
+non-torch memory (~0.25 GiB) carries up to 2 % of rounding by itself; misses under 0.02 GiB are
+not counted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
+sys.path.insert(0, str(HERE))
+from predict import predict  # noqa: E402
+
 GiB = 1 << 30
 
-# (label, predicted key in the plan's memory.gpus[0] or memory, measured key in result["memory"], unit)
+# (label, key in predict()'s "predicted", key in its "reported", unit, counted in the 5 % gate)
 FIGURES = [
-    ("weights", "weights_bytes", "weights_bytes", "GiB"),
-    ("peak activation", "activation_bytes", "activation_bytes", "GiB"),
-    ("non-torch", "non_torch_bytes", "non_torch_bytes", "GiB"),
-    ("CUDA graphs (estimate, in the budget)", "cudagraph_bytes", "cudagraph_estimate_bytes", "GiB"),
-    ("CUDA graphs (captured, after KV sizing)", None, "cudagraph_bytes", "GiB"),
-    ("reserve (act. + non-torch + graph estimate)", "reserve", "reserve", "GiB"),
-    ("KV cache memory", "kv_cache_bytes", "kv_cache_bytes", "GiB"),
-    ("KV cache tokens", "kv_cache_tokens", "kv_tokens", "tokens"),
-    ("max concurrency at max len", "max_concurrency_at_max_len", "max_concurrency", "x"),
-    ("attention block size", "block_size", "block_size", "tokens"),
+    ("weights", "weights_bytes", "weights_bytes", "GiB", True),
+    ("peak activation", "activation_bytes", "activation_bytes", "GiB", False),
+    ("non-torch", "non_torch_bytes", "non_torch_bytes", "GiB", False),
+    ("CUDA graphs (estimate, in the budget)", "cudagraph_bytes", "cudagraph_bytes", "GiB", False),
+    ("CUDA graphs (captured, after KV sizing)", None, "cudagraph_captured_bytes", "GiB", False),
+    ("reserve (act. + non-torch + graph estimate)", "reserve", "reserve", "GiB", True),
+    ("KV cache memory", "kv_cache_bytes", "kv_cache_bytes", "GiB", True),
+    ("KV cache tokens", "kv_tokens", "kv_tokens", "tokens", True),
+    ("max concurrency at max len", "max_concurrency", "max_concurrency", "x", True),
+    ("attention block size", "block_size", "block_size", "tokens", True),
 ]
 SMALL_ABS = {"GiB": 0.02 * GiB}   # misses smaller than this are rounding, whatever the percentage
 
@@ -45,40 +50,12 @@ def load_results(root: Path) -> list[dict]:
     for f in sorted(root.glob("*/*/result.json")):
         r = json.loads(f.read_text())
         r["_queue"] = f.parent.parent.name
-        r["_dir"] = str(f.parent.relative_to(REPO)) if f.is_relative_to(REPO) else str(f.parent)
+        r["_dir"] = f.parent
+        log = f.parent / "serve.log"
+        if (r.get("memory") or {}).get("kv_cache_bytes") and log.exists():
+            r["_cmp"] = predict(r["served_argv"], log.read_text(errors="replace"))
         out.append(r)
     return out
-
-
-def predicted(plan: dict) -> dict:
-    mem = plan.get("memory") or {}
-    g = (mem.get("gpus") or [{}])[0]
-    p = {k: g.get(k, mem.get(k)) for k in ("weights_bytes", "activation_bytes", "non_torch_bytes",
-                                            "cudagraph_bytes", "kv_cache_bytes")}
-    for k in ("kv_cache_tokens", "max_concurrency_at_max_len", "block_size"):
-        p[k] = mem.get(k)
-    if None not in (p["activation_bytes"], p["non_torch_bytes"], p["cudagraph_bytes"]):
-        p["reserve"] = p["activation_bytes"] + p["non_torch_bytes"] + p["cudagraph_bytes"]
-    return p
-
-
-def measured(res: dict) -> dict:
-    """vLLM's figures. The KV budget subtracts the *estimated* CUDA graph memory (profiled before
-    the KV cache is sized); what capturing took later is logged apart and reported beside it."""
-    m = dict(res.get("memory") or {})
-    est = (res.get("extras") or {}).get("cudagraph_estimate_gib")
-    log = REPO / res["_dir"] / "serve.log" if res.get("_dir") else None
-    if est is None and log is not None and log.exists():
-        hits = re.findall(r"Estimated CUDA graph memory: ([0-9.]+) GiB", log.read_text(errors="replace"))
-        est = float(hits[-1]) if hits else None
-    if est is not None:
-        m["cudagraph_estimate_bytes"] = int(est * GiB)
-    elif m.get("cudagraph_bytes") == 0:
-        m["cudagraph_estimate_bytes"] = 0
-    graphs = m.get("cudagraph_estimate_bytes")
-    if None not in (m.get("activation_bytes"), m.get("non_torch_bytes"), graphs):
-        m["reserve"] = m["activation_bytes"] + m["non_torch_bytes"] + graphs
-    return m
 
 
 def fmt(v, unit: str) -> str:
@@ -92,60 +69,66 @@ def fmt(v, unit: str) -> str:
 
 
 def calibration(results: list[dict], tol: float) -> tuple[list[str], list[dict]]:
-    lines = []
-    misses = []
+    lines, misses = [], []
     for r in results:
-        if not r.get("plan") or r.get("status") == "not-run":
+        if "_cmp" not in r:
             continue
-        plan_path = REPO / r["plan"]
-        if not plan_path.exists():
-            continue
-        plan = json.loads(plan_path.read_text())
-        p, m = predicted(plan), measured(r)
-        s = plan.get("settings") or {}
-        lines.append(f"\n**{r['name']}** — plan `{r['plan']}`: {plan['variant']['id']}, "
-                     f"{s.get('max_model_len'):,} tokens, {s.get('max_num_seqs')} seqs, KV {s.get('kv_cache_dtype')}, "
-                     f"MTP {((s.get('speculative') or {}).get('num_speculative_tokens') or 'off')}, "
-                     f"TP {s.get('tensor_parallel')} DP {s.get('data_parallel')}; engine {r.get('status')}"
-                     f"{' after ' + str(r.get('ready_seconds')) + ' s' if r.get('ready_seconds') else ''}\n")
+        p, m, st = r["_cmp"]["predicted"], r["_cmp"]["reported"], r["_cmp"]["settings"]
+        lines.append(f"\n**{r['name']}** ({r.get('kind')}{', plan `' + r['plan'] + '`' if r.get('plan') else ''}): "
+                     f"{st['variant']}, {st['max_model_len']:,} tokens, {st['max_num_seqs']} seqs, "
+                     f"{st['batched_tokens']:,} batched tokens, KV {st['kv_dtype']}, MTP {st['spec'] or 'off'}, "
+                     f"TP {st['tp']}{', eager' if st['eager'] else ''}, gmu {st['gmu']}, "
+                     f"CUDA total {r['_cmp']['cuda_total'] / GiB:.2f} GiB; vLLM {r['_cmp']['version']}\n")
         lines.append("| figure | predicted | measured | miss |")
         lines.append("|---|---:|---:|---:|")
-        for label, pk, mk, unit in FIGURES:
+        for label, pk, mk, unit, gated in FIGURES:
             pv, mv = (p.get(pk) if pk else None), m.get(mk)
             miss = ""
             if pv is not None and mv not in (None, 0):
                 rel = (pv - mv) / mv
                 miss = f"{rel * 100:+.1f} %"
                 small = unit in SMALL_ABS and abs(pv - mv) < SMALL_ABS[unit]
-                if abs(rel) > tol and not small and label != "attention block size":
+                bad = pv != mv if label == "attention block size" else abs(rel) > tol and not small
+                if bad and gated:
                     miss += " **MISS**"
-                    misses.append({"job": r["name"], "figure": label, "predicted": pv, "measured": mv,
-                                   "relative": round(rel, 4)})
-                elif label == "attention block size" and pv != mv:
-                    miss = "differs **MISS**"
                     misses.append({"job": r["name"], "figure": label, "predicted": pv, "measured": mv,
                                    "relative": round(rel, 4)})
             lines.append(f"| {label} | {fmt(pv, unit)} | {fmt(mv, unit)} | {miss} |")
     return lines, misses
 
 
+def summary(results: list[dict]) -> list[str]:
+    """One line per run: the gated figures' misses."""
+    lines = ["| run | GPU | block pred / meas | weights | reserve | KV memory GiB pred / meas | KV tokens pred / meas "
+             "| concurrency pred / meas |", "|---|---|---|---:|---:|---|---|---|"]
+
+    def rel(p, m, k):
+        return f"{(p[k] - m[k]) / m[k] * 100:+.1f} %"
+    for r in results:
+        if "_cmp" not in r:
+            continue
+        p, m = r["_cmp"]["predicted"], r["_cmp"]["reported"]
+        gpu = ((r.get("gpus") or [{}])[0]).get("name", r["_queue"]).replace("NVIDIA ", "")
+        lines.append(f"| {r['name']} | {gpu} | {p['block_size']:,} / {m['block_size']:,} | {rel(p, m, 'weights_bytes')} | "
+                     f"{rel(p, m, 'reserve')} | {p['kv_cache_bytes'] / GiB:.2f} / {m['kv_cache_bytes'] / GiB:.2f} "
+                     f"({rel(p, m, 'kv_cache_bytes')}) | {p['kv_tokens']:,} / {m['kv_tokens']:,} ({rel(p, m, 'kv_tokens')}) | "
+                     f"{p['max_concurrency']:.2f} / {m['max_concurrency']:.2f} ({rel(p, m, 'max_concurrency')}) |")
+    return lines
+
+
 def measured_only(results: list[dict]) -> list[str]:
-    """Every run's own figures (baselines have no plan to compare with)."""
+    """Every run's own figures."""
     lines = ["| job | max_num_seqs | block | weights | activation | non-torch | graphs est. / captured | KV memory | "
              "KV tokens | max conc. |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        if r.get("status") in ("not-run", "not-measured"):
+        if "_cmp" not in r:
             continue
-        m = measured(r)
-        seqs = "1024 (default)"
-        argv = r.get("served_argv") or []
-        if "--max-num-seqs" in argv:
-            seqs = argv[argv.index("--max-num-seqs") + 1]
-        lines.append(f"| {r['name']} | {seqs} | {fmt(m.get('block_size'), 'tokens')} | {fmt(m.get('weights_bytes'), 'GiB')} | "
-                     f"{fmt(m.get('activation_bytes'), 'GiB')} | {fmt(m.get('non_torch_bytes'), 'GiB')} | "
-                     f"{fmt(m.get('cudagraph_estimate_bytes'), 'GiB')} / {fmt(m.get('cudagraph_bytes'), 'GiB')} | "
-                     f"{fmt(m.get('kv_cache_bytes'), 'GiB')} | {fmt(m.get('kv_tokens'), 'tokens')} | "
-                     f"{fmt(m.get('max_concurrency'), 'x')} |")
+        m, st = r["_cmp"]["reported"], r["_cmp"]["settings"]
+        lines.append(f"| {r['name']} | {st['max_num_seqs']} | {fmt(m.get('block_size'), 'tokens')} | "
+                     f"{fmt(m.get('weights_bytes'), 'GiB')} | {fmt(m.get('activation_bytes'), 'GiB')} | "
+                     f"{fmt(m.get('non_torch_bytes'), 'GiB')} | {fmt(m.get('cudagraph_bytes'), 'GiB')} / "
+                     f"{fmt(m.get('cudagraph_captured_bytes'), 'GiB')} | {fmt(m.get('kv_cache_bytes'), 'GiB')} | "
+                     f"{fmt(m.get('kv_tokens'), 'tokens')} | {fmt(m.get('max_concurrency'), 'x')} |")
     return lines
 
 
@@ -195,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         print(json.dumps(misses, indent=1))
     else:
-        print("### Memory model: predicted vs measured (per GPU)")
-        print("\n".join(cal) if cal else "\n(no plan job measured)")
+        print("### Memory model: predicted vs measured, every run\n")
+        print("\n".join(summary(results)))
+        print("\n### Every figure, per run")
+        print("\n".join(cal) if cal else "\n(no run measured)")
         print("\n### What vLLM reported, every run (GiB; plans and baselines)\n")
         print("\n".join(measured_only(results)))
         print("\n### Speed (generated tokens/s, fixed load: 1024 in / 256 out; c1 = 3 requests one at a time)\n")

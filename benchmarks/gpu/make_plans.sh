@@ -16,13 +16,17 @@ print(f"{sys.argv[1]}: {d['status']} {d['variant']['id']} len={s['max_model_len'
       f"kv_bytes={m['kv_cache_bytes']} kv_tokens={m.get('kv_cache_tokens')}")
 PY
 }
-qp h100/default    --gpu H100
-qp h100/bf16       --gpu H100 --variant bf16
-qp h100/mtp        --gpu H100 --mtp
-qp h100/throughput --gpu H100 --goal throughput
-qp h200/default    --gpu H200
-qp h200/fp8kv      --gpu H200 --kv-dtype fp8
-qp h200/fp8        --gpu H200 --variant fp8
-qp h200/nomtp      --gpu H200 --no-mtp
-qp h200x2/default  --gpu H200 --gpus 2
-qp h200x2/tp2      --gpu H200 --gpus 2 --goal long-context
+# Round 1 (2026-11-23, first session; the memory model before calibration) served plans/h100/,
+# plans/h200/ — kept as they were served, not remade:
+#   h100/default --gpu H100 | h100/bf16 --variant bf16 | h100/mtp --mtp | h100/throughput --goal throughput
+#   h200/default --gpu H200 | h200/fp8kv --kv-dtype fp8 | h200/fp8 --variant fp8 | h200/nomtp --no-mtp
+# Round 2: plans of the calibrated model (profiles/memory.yaml), checked out of sample.
+qp h100-r2/default    --gpu H100
+qp h100-r2/throughput --gpu H100 --goal throughput
+qp h100-r2/fp8kv      --gpu H100 --kv-dtype fp8
+qp h100-r2/long       --gpu H100 --goal long-context
+qp h200-r2/default    --gpu H200
+qp h200-r2/nomtp      --gpu H200 --no-mtp
+qp h200-r2/fp8        --gpu H200 --variant fp8
+qp h200x2/default     --gpu H200 --gpus 2
+qp h200x2/tp2         --gpu H200 --gpus 2 --goal long-context

@@ -1,0 +1,71 @@
+"""What qwenplan's memory model predicts for a command vLLM actually served.
+
+The prediction comes from the planner as it is now (planner/sizing.py), for the settings in the
+served argv (vLLM's defaults where a flag is absent), on the GPU total vLLM itself logged — so a
+run measured once keeps testing every later change to the memory model
+(tests/test_gpu_results.py, compare.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from qwenplan.launch.engine_log import parse_memory
+from qwenplan.planner.engines import get_engine
+from qwenplan.planner.sizing import Candidate, size, vllm_default_batched_tokens, vllm_default_max_num_seqs
+from qwenplan.planner.variants import get_variant
+
+GiB = 1 << 30
+_TOTAL = re.compile(r"Free memory on device \([0-9.]+/([0-9.]+) GiB\)")
+
+
+def flag(argv: list[str], name: str, default=None):
+    return argv[argv.index(name) + 1] if name in argv else default
+
+
+def served_settings(argv: list[str], version: str, cuda_total: int) -> dict:
+    """The served argv's settings, with vLLM's own default for every flag left out."""
+    engine = get_engine("vllm")
+    spec = json.loads(flag(argv, "--speculative-config", "{}")).get("num_speculative_tokens", 0)
+    return {
+        # served model folders are benchmarks/gpu/configs/<variant id>
+        "variant": Path(argv[0]).name,
+        "tp": int(flag(argv, "--tensor-parallel-size", flag(argv, "-tp", 1))),
+        "dp": int(flag(argv, "--data-parallel-size", flag(argv, "-dp", 1))),
+        "kv_dtype": "fp8" if flag(argv, "--kv-cache-dtype", "auto").startswith("fp8") else "auto",
+        "spec": spec,
+        "eager": "--enforce-eager" in argv,
+        "max_model_len": int(flag(argv, "--max-model-len", 262144)),
+        "max_num_seqs": int(flag(argv, "--max-num-seqs", vllm_default_max_num_seqs(cuda_total))),
+        "batched_tokens": int(flag(argv, "--max-num-batched-tokens", vllm_default_batched_tokens(cuda_total)[0])),
+        "gmu": float(flag(argv, "--gpu-memory-utilization",
+                          engine.default("gpu_memory_utilization", version)[0] or 0.9)),
+    }
+
+
+def predict(argv: list[str], log_text: str) -> dict:
+    """Predicted and reported figures, in bytes, for one served command and its log."""
+    rep = parse_memory(log_text.splitlines())
+    totals = _TOTAL.findall(log_text)
+    if not totals or not rep.version:
+        raise ValueError("the log has no 'Free memory on device' line or no vLLM version")
+    cuda_total = int(float(totals[-1]) * GiB)
+    st = served_settings(argv, rep.version, cuda_total)
+    cand = Candidate(get_variant(st["variant"]), "vllm", rep.version, tp=st["tp"], dp=st["dp"],
+                     kv_dtype=st["kv_dtype"], spec_tokens=st["spec"], eager=st["eager"],
+                     batched_tokens=st["batched_tokens"], max_seqs=st["max_num_seqs"])
+    s = size(cand, int(st["gmu"] * cuda_total), cudagraph_profiled=True)
+    n = st["max_model_len"]
+    predicted = {
+        "weights_bytes": s.weights, "activation_bytes": s.activation, "non_torch_bytes": s.non_torch,
+        "cudagraph_bytes": s.cudagraph, "reserve": s.activation + s.non_torch + s.cudagraph,
+        "kv_cache_bytes": s.cache_bytes, "kv_tokens": s.kv_tokens(n), "max_concurrency": s.max_concurrency(n),
+        "block_size": s.layout.block_size,
+    }
+    reported = rep.to_dict()
+    if None not in (rep.activation_bytes, rep.non_torch_bytes, rep.cudagraph_bytes):
+        reported["reserve"] = rep.activation_bytes + rep.non_torch_bytes + rep.cudagraph_bytes
+    return {"settings": st, "version": rep.version, "cuda_total": cuda_total,
+            "predicted": predicted, "reported": reported}

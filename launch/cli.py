@@ -269,9 +269,18 @@ def doctor(no_parse, **kw):
 @click.option("--env-file", help="Where secrets (HF_TOKEN, the API key) are read from.")
 @click.option("--image", help="compose/k8s: a different image than the engine's official one.")
 @click.option("--namespace", help="k8s: the namespace.")
+@click.option("--hf-cache", help="compose: host folder of the Hugging Face cache; k8s: an absolute hostPath or "
+              "an existing PersistentVolumeClaim's name (default: a new claim).")
+@click.option("--storage-size", help="k8s: size of the new cache claim, e.g. 200Gi.")
+@click.option("--storage-class", help="k8s: storage class of the new cache claim.")
+@click.option("--secret-name", help="k8s: the Secret holding HF_TOKEN and the API key (default qwenplan-<model>).")
+@click.option("--publish-host", help="compose: host address the port is published on (default: the plan's --host).")
+@click.option("--node-rank", type=click.IntRange(0), help="systemd/compose, multi-node plans: this node's rank (0 = head).")
+@click.option("--head-addr", help="systemd/compose, multi-node plans: the head node's address.")
 @click.option("--backend", type=click.Choice(["mp", "ray"]), default="mp", show_default=True,
               help="Multi-node vLLM: its own multiprocessing (--nnodes) or a Ray cluster.")
-def export(kind, output, force, venv, user_unit, run_as_user, env_file, image, namespace, backend, **kw):
+def export(kind, output, force, venv, user_unit, run_as_user, env_file, image, namespace, hf_cache, storage_size,
+           storage_class, secret_name, publish_host, node_rank, head_addr, backend, **kw):
     """The plan as a systemd unit, a docker compose file, Kubernetes manifests or a shell script."""
     from qwenplan.launch import export as exp
 
@@ -279,10 +288,25 @@ def export(kind, output, force, venv, user_unit, run_as_user, env_file, image, n
     if p.status != "ok":
         raise QwenplanError("no plan fits, so there is nothing to export",
                             "; ".join(p.requirements[:2]) or "see `qwenplan explain`")
+    given = {"--venv": venv, "--user": user_unit or None, "--run-as": run_as_user, "--image": image,
+             "--namespace": namespace, "--hf-cache": hf_cache, "--storage-size": storage_size,
+             "--storage-class": storage_class, "--secret-name": secret_name, "--publish-host": publish_host,
+             "--node-rank": node_rank, "--head-addr": head_addr}
+    applies = {"systemd": {"--venv", "--user", "--run-as", "--node-rank", "--head-addr"},
+               "compose": {"--image", "--hf-cache", "--publish-host", "--node-rank", "--head-addr"},
+               "k8s": {"--image", "--namespace", "--hf-cache", "--storage-size", "--storage-class", "--secret-name"},
+               "script": {"--venv"}}[kind]
+    stray = [k for k, v in given.items() if v is not None and k not in applies]
+    if stray:
+        raise QwenplanError(f"{', '.join(stray)}: not an option of the {kind} export",
+                            f"{kind} takes {', '.join(sorted(applies))}")
+    nodes = dict(node_rank=node_rank, head_addr=head_addr)
     options = {"systemd": dict(venv=venv, user_unit=user_unit, run_as_user=run_as_user, env_file=env_file,
-                               backend=backend),
-               "compose": dict(image=image, env_file=env_file, backend=backend),
-               "k8s": dict(image=image, namespace=namespace, backend=backend),
+                               backend=backend, **nodes),
+               "compose": dict(image=image, env_file=env_file, backend=backend, publish_host=publish_host,
+                               hf_cache=hf_cache, **nodes),
+               "k8s": dict(image=image, namespace=namespace, backend=backend, hf_cache=hf_cache,
+                           storage_size=storage_size, storage_class=storage_class, secret_name=secret_name),
                "script": dict(venv=venv, env_file=env_file, backend=backend)}[kind]
     text = exp.render(kind, p.to_dict(), **options)
     if output:
@@ -326,11 +350,19 @@ def _report(plan_doc: dict, lines: list[str], source: str) -> None:
     m = plan_doc["memory"]
     rows = [("weights", m.get("weights_bytes"), rep.get("weights_bytes")),
             ("activation peak", m.get("activation_bytes"), rep.get("activation_bytes")),
+            ("non-torch", m.get("non_torch_bytes"), rep.get("non_torch_bytes")),
+            ("CUDA graphs", m.get("cudagraph_bytes"), rep.get("cudagraph_bytes")),
             ("KV cache memory", m.get("kv_cache_bytes"), rep.get("kv_cache_bytes")),
             ("KV cache tokens", m.get("kv_cache_tokens"), rep.get("kv_tokens"))]
+
+    def show(name, v):
+        return "-" if v is None else f"{v:,}" if name == "KV cache tokens" else f"{v / (1 << 30):.2f} GiB"
     click.echo("memory: predicted / reported by the engine")
     for name, pred, got in rows:
-        click.echo(f"  {name:16} {pred if pred is not None else '-':>16} {got if got is not None else '-':>16}")
+        click.echo(f"  {name:16} {show(name, pred):>16} {show(name, got):>16}")
+    if rep.get("cudagraph_captured_bytes") is not None:
+        click.echo(f"  {'graphs captured':16} {'':>16} {show('', rep['cudagraph_captured_bytes']):>16}"
+                   "  (beyond the estimate: outside the budget)")
     for line in cal.compare(m, rep):
         click.echo(f"qwenplan: warning: large miss: {line}", err=True)
     if rep.get("weights_bytes"):

@@ -703,7 +703,7 @@ def render_systemd(plan: Any, *, venv: str | None = None, user_unit: bool = Fals
     if v.nodes > 1:
         if node_rank is None or not head_addr:
             raise InputError(f"the plan spans {v.nodes} nodes: each node needs its own unit",
-                             "give the node rank (0 = head) and the head node's address")
+                             "give --node-rank N (0 = head) and --head-addr ADDRESS, once per node")
         if backend == "ray":
             raise InputError("a Ray cluster is exported as a script or Kubernetes manifests",
                              "use backend mp for systemd, or export the script")
@@ -810,7 +810,7 @@ def render_compose(plan: Any, *, image: str | None = None, env_file: str = "qwen
     if v.nodes > 1:
         if node_rank is None or not head_addr:
             raise InputError(f"the plan spans {v.nodes} nodes: each node needs its own compose file",
-                             "give the node rank (0 = head) and the head node's address")
+                             "give --node-rank N (0 = head) and --head-addr ADDRESS, once per node")
         if backend == "ray":
             raise InputError("a Ray cluster is exported as a script or Kubernetes manifests",
                              "use backend mp for compose, or export the script")

@@ -142,3 +142,25 @@ def test_a_corrupt_calibration_file_is_set_aside(fake_vllm, tmp_path):
     assert r.returncode == 0
     assert "set aside" in r.stderr
     assert not (d / "broken.json").exists()
+
+
+def test_multi_node_export_needs_and_takes_the_node_rank_and_head(tmp_path):
+    r = run(["export", "systemd", "--gpu", "H100", "--nodes", "2"])
+    assert r.returncode == 2 and "--node-rank" in r.stderr and "Traceback" not in r.stderr
+    out = tmp_path / "node1.service"
+    r = run(["export", "systemd", "--gpu", "H100", "--nodes", "2", "--node-rank", "1", "--head-addr", "10.0.0.5",
+             "-o", str(out)])
+    assert r.returncode == 0, r.stderr
+    unit = out.read_text()
+    assert "--node-rank 1" in unit and "10.0.0.5" in unit and "--headless" in unit
+
+
+def test_k8s_and_compose_options_reach_the_manifest_and_stray_options_are_refused():
+    r = run(["export", "k8s", "--gpu", "H100", "--secret-name", "hf-secrets", "--storage-class", "fast-ssd",
+             "--storage-size", "120Gi"])
+    assert r.returncode == 0, r.stderr
+    assert "name: hf-secrets" in r.stdout and "storageClassName: fast-ssd" in r.stdout and "120Gi" in r.stdout
+    r = run(["export", "compose", "--gpu", "H100", "--hf-cache", "/data/hf"])
+    assert r.returncode == 0 and "/data/hf:" in r.stdout
+    r = run(["export", "script", "--gpu", "H100", "--namespace", "x"])
+    assert r.returncode == 2 and "--namespace" in r.stderr and "Traceback" not in r.stderr

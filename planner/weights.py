@@ -146,18 +146,23 @@ class Loaded:
         return self.experts + self.non_expert + self.mtp + self.vision
 
 
+@lru_cache(maxsize=64)
+def _sized_tensors(recipe: Recipe, shape: Shape, vision_params: int) -> tuple[tuple[Tensor, int], ...]:
+    """Every tensor with its bytes in the recipe's format (the same for every TP/EP layout)."""
+    return tuple((t, recipe.format_of(t).bytes(t)) for t in tensors(shape, vision_params))
+
+
 def loaded_bytes(recipe: Recipe, shape: Shape, vision_params: int, *, tp: int = 1, ep: int = 1,
                  mtp: bool = False, vision: bool = False) -> Loaded:
     """Per-GPU weights once an engine loads the checkpoint with tensor parallel `tp` and
     expert parallel `ep` (experts split whole over `ep` ranks), with or without MTP/vision."""
     parts = {"experts": 0, "non_expert": 0, "mtp": 0, "vision": 0}
     one_expert = 0
-    for t in tensors(shape, vision_params):
+    for t, size in _sized_tensors(recipe, shape, vision_params):
         if t.part == "mtp" and not (mtp and recipe.includes_mtp):
             continue
         if t.part == "vision" and not (vision and recipe.includes_vision):
             continue
-        size = recipe.format_of(t).bytes(t)
         key = t.part if t.part != "text" else ("experts" if t.cls == "experts" else "non_expert")
         parts[key] += _per_rank(t, size, tp, ep, shape.kv_heads)
         if t.part == "text" and t.cls == "experts" and t.layer == 0:

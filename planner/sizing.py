@@ -106,7 +106,9 @@ class Sized:
 def weights_on_gpu(c: Candidate) -> tuple[int, int, int]:
     """(weights without routed experts held by the cache, expert cache bytes, one expert slot) per GPU."""
     m = c.variant.model
-    loaded = _loaded(c.variant.recipe, m.shape, m.vision_params, c.tp, c.spec_tokens > 0, c.vision)
+    # vLLM's DP with an MoE model splits every expert over the DP x TP ranks.
+    ep = c.tp * c.dp if c.dp > 1 and constants(c.family)["dp_shards_experts"] else 1
+    loaded = _loaded(c.variant.recipe, m.shape, m.vision_params, c.tp, ep, c.spec_tokens > 0, c.vision)
     # Pipeline parallelism splits the decoder layers across stages (the largest stage counts).
     share = 1.0 if c.pp == 1 else ceil_div(m.shape.layers, c.pp) / m.shape.layers
     overhead = constants(c.family)["load_overhead_bytes"]
@@ -119,8 +121,8 @@ def weights_on_gpu(c: Candidate) -> tuple[int, int, int]:
 
 
 @lru_cache(maxsize=None)
-def _loaded(recipe, shape, vision_params, tp, mtp, vision):
-    return loaded_bytes(recipe, shape, vision_params, tp=tp, mtp=mtp, vision=vision)
+def _loaded(recipe, shape, vision_params, tp, ep, mtp, vision):
+    return loaded_bytes(recipe, shape, vision_params, tp=tp, ep=ep, mtp=mtp, vision=vision)
 
 
 @lru_cache(maxsize=None)
@@ -153,8 +155,11 @@ def activation_bytes(c: Candidate) -> int:
     chunk's forward pass (split over TP ranks) and the sampler over max_num_seqs rows of logits
     (whole on every rank), plus the MTP drafter's pass (profiles/memory.yaml)."""
     k = constants(c.family)
-    forward = (k["activation_base_bytes"] + k["activation_bytes_per_batched_token"] * c.batched_tokens) // c.tp
-    sampler = k["sampler_bytes_per_seq"] * c.max_seqs
+    dp = c.dp if k["dp_shards_experts"] else 1
+    per_token = k["activation_bytes_per_batched_token"] * c.batched_tokens * dp
+    forward = (k["activation_base_bytes"] // c.tp + (per_token // c.tp if k["activation_per_token_split_by_tp"] else per_token)
+               + k["activation_delta_by_format"].get(c.variant.format, 0))
+    sampler = k["sampler_base_bytes"] + k["sampler_bytes_per_seq"] * c.max_seqs
     return max(forward, sampler) + (k["mtp_drafter_activation_bytes"] if c.spec_tokens else 0)
 
 
@@ -169,7 +174,10 @@ def cudagraph_bytes(c: Candidate) -> int:
     if c.eager:
         return 0
     k = constants(c.family)
-    return k["cudagraph_base_bytes"] + k["cudagraph_bytes_per_capture_size"] * cudagraph_capture_size(c)
+    dp = c.dp if k["dp_shards_experts"] else 1
+    per_size = (k["cudagraph_bytes_per_capture_size"] // c.tp
+                + k["cudagraph_bytes_per_capture_size_per_extra_dp_rank"] * (dp - 1))
+    return k["cudagraph_base_bytes"] + per_size * cudagraph_capture_size(c)
 
 
 def size(c: Candidate, budget: int, cudagraph_profiled: bool) -> Sized:
@@ -177,7 +185,7 @@ def size(c: Candidate, budget: int, cudagraph_profiled: bool) -> Sized:
     m = c.variant.model
     weights, expert_cache, _ = weights_on_gpu(c)
     activation = activation_bytes(c)
-    non_torch = k["non_torch_bytes"] + (k.get("non_torch_multi_gpu_extra_bytes", 0) if c.tp * c.pp > 1 else 0)
+    non_torch = k["non_torch_multi_gpu_bytes"] if c.tp * c.pp * c.dp > 1 else k["non_torch_bytes"]
     cudagraph = cudagraph_bytes(c)
     in_budget = cudagraph_profiled or c.family == "sglang"
     cache = budget - weights - expert_cache - activation - non_torch - (cudagraph if in_budget else 0)

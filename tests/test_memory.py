@@ -64,12 +64,13 @@ def test_weights_and_kv_memory_of_the_gpu_truth_run():
 
 def test_a_plan_sized_for_fewer_sequences_reserves_less():
     """The sampler's pass and the CUDA graphs grow with max_num_seqs: 64 sequences leave more
-    cache than vLLM's default 1024 (4.01 -> 1.25 GiB activation at 8,192 batched tokens)."""
+    cache than vLLM's default 1024 (4.01 -> 1.18 GiB activation at 8,192 batched tokens, the FP8
+    checkpoint's forward pass; h100-plan-default and h100-baseline-defaults-fp8 measured both)."""
     v = get_variant("fp8")
     few = size(Candidate(v, "vllm", "0.26.0", max_seqs=64), int(0.92 * H100_CUDA_TOTAL), True)
     many = size(Candidate(v, "vllm", "0.26.0", max_seqs=1024), int(0.92 * H100_CUDA_TOTAL), True)
     assert many.activation / GiB == pytest.approx(4.01, abs=0.01)
-    assert few.activation / GiB == pytest.approx(1.25, abs=0.01)
+    assert few.activation / GiB == pytest.approx(1.18, abs=0.01)
     assert few.cudagraph < many.cudagraph
     assert few.cache_bytes - many.cache_bytes > 3 * GiB
 

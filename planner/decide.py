@@ -587,7 +587,9 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
     plan.parallel = {"tensor": c.tp, "pipeline": c.pp, "data": c.dp, "expert": False, "nodes": opts.nodes,
                      "gpu_ids": ids, "gpu_uuids": uuids if all(uuids) else []}
     D(Decision("parallel", f"TP {c.tp} x DP {c.dp}" + (f" x PP {c.pp}" if c.pp > 1 else ""),
-               _parallel_reason(o, view, goal), "https://docs.vllm.ai/en/latest/serving/parallelism_scaling.html"))
+               _parallel_reason(o, view, goal), "https://docs.vllm.ai/en/latest/serving/parallelism_scaling.html" +
+               ("; https://docs.vllm.ai/en/latest/serving/data_parallel_deployment/; benchmarks/gpu/results/h200x2"
+                if c.dp > 1 and c.family == "vllm" else "")))
     if view.count > 1 and c.tp > 1 and not view.nvlink_all:
         plan.warnings.append("tensor parallel over PCIe (no NVLink between these GPUs): all-reduces cost latency")
     if len(ids) < view.count:
@@ -732,6 +734,10 @@ def _parallel_reason(o: Option, view: GpuView, goal: dict) -> str:
     if view.count == 1:
         return "one GPU"
     if c.tp == 1 and c.dp > 1:
+        if c.family == "vllm":
+            return (f"{c.dp} data-parallel ranks: each GPU keeps its own attention and KV cache and serves its own "
+                    f"requests, while the expert layers are split over all {c.dp} GPUs (vLLM's DP with an MoE model), "
+                    f"which leaves more KV cache than {c.dp} full replicas; the ranks step in lockstep")
         return f"each GPU holds a full replica; {c.dp} replicas serve {c.dp}x the requests without all-reduce traffic"
     if c.tp > 1 and c.dp == 1:
         return (f"the weights need {c.tp} GPUs' memory" if o.seqs else "") + (

@@ -107,7 +107,7 @@ def weights_on_gpu(c: Candidate) -> tuple[int, int, int]:
     """(weights without routed experts held by the cache, expert cache bytes, one expert slot) per GPU."""
     m = c.variant.model
     # vLLM's DP with an MoE model splits every expert over the DP x TP ranks.
-    ep = c.tp * c.dp if c.dp > 1 and constants(c.family)["dp_shards_experts"] else 1
+    ep = c.tp * c.dp if _expert_dp(c) > 1 else 1
     loaded = _loaded(c.variant.recipe, m.shape, m.vision_params, c.tp, ep, c.spec_tokens > 0, c.vision)
     # Pipeline parallelism splits the decoder layers across stages (the largest stage counts).
     share = 1.0 if c.pp == 1 else ceil_div(m.shape.layers, c.pp) / m.shape.layers
@@ -150,13 +150,18 @@ def vllm_default_max_num_seqs(cuda_total: int, gpu_names=()) -> int:
              else "default_max_num_seqs_small_gpu"]
 
 
+def _expert_dp(c: Candidate) -> int:
+    """The DP ranks that share the expert layers (vLLM: all of them; SGLang: none, replicas)."""
+    return c.dp if constants(c.family)["dp_shards_experts"] else 1
+
+
 def activation_bytes(c: Candidate) -> int:
     """Peak activation of the engine's profiling run on one GPU: the larger of one prefill
-    chunk's forward pass (split over TP ranks) and the sampler over max_num_seqs rows of logits
-    (whole on every rank), plus the MTP drafter's pass (profiles/memory.yaml)."""
+    chunk's forward pass (its base split over TP ranks; its per-token part grows with the DP
+    ranks that share the experts) and the sampler over max_num_seqs rows of logits (whole on
+    every rank), plus the MTP drafter's pass (profiles/memory.yaml)."""
     k = constants(c.family)
-    dp = c.dp if k["dp_shards_experts"] else 1
-    per_token = k["activation_bytes_per_batched_token"] * c.batched_tokens * dp
+    per_token = k["activation_bytes_per_batched_token"] * c.batched_tokens * _expert_dp(c)
     forward = (k["activation_base_bytes"] // c.tp + (per_token // c.tp if k["activation_per_token_split_by_tp"] else per_token)
                + k["activation_delta_by_format"].get(c.variant.format, 0))
     sampler = k["sampler_base_bytes"] + k["sampler_bytes_per_seq"] * c.max_seqs
@@ -174,9 +179,8 @@ def cudagraph_bytes(c: Candidate) -> int:
     if c.eager:
         return 0
     k = constants(c.family)
-    dp = c.dp if k["dp_shards_experts"] else 1
     per_size = (k["cudagraph_bytes_per_capture_size"] // c.tp
-                + k["cudagraph_bytes_per_capture_size_per_extra_dp_rank"] * (dp - 1))
+                + k["cudagraph_bytes_per_capture_size_per_extra_dp_rank"] * (_expert_dp(c) - 1))
     return k["cudagraph_base_bytes"] + per_size * cudagraph_capture_size(c)
 
 

@@ -29,15 +29,15 @@ def served_settings(argv: list[str], version: str, cuda_total: int) -> dict:
     """The served argv's settings, with vLLM's own default for every flag left out."""
     engine = get_engine("vllm")
     spec = json.loads(flag(argv, "--speculative-config", "{}")).get("num_speculative_tokens", 0)
+    variant = Path(argv[0]).name      # served model folders are benchmarks/gpu/configs/<variant id>
     return {
-        # served model folders are benchmarks/gpu/configs/<variant id>
-        "variant": Path(argv[0]).name,
+        "variant": variant,
         "tp": int(flag(argv, "--tensor-parallel-size", flag(argv, "-tp", 1))),
         "dp": int(flag(argv, "--data-parallel-size", flag(argv, "-dp", 1))),
         "kv_dtype": "fp8" if flag(argv, "--kv-cache-dtype", "auto").startswith("fp8") else "auto",
         "spec": spec,
         "eager": "--enforce-eager" in argv,
-        "max_model_len": int(flag(argv, "--max-model-len", 262144)),
+        "max_model_len": int(flag(argv, "--max-model-len", get_variant(variant).model.native_context)),
         "max_num_seqs": int(flag(argv, "--max-num-seqs", vllm_default_max_num_seqs(cuda_total))),
         "batched_tokens": int(flag(argv, "--max-num-batched-tokens", vllm_default_batched_tokens(cuda_total)[0])),
         "gmu": float(flag(argv, "--gpu-memory-utilization",

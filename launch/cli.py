@@ -394,7 +394,7 @@ def _launch(p, *, retry: int, log_dir, dummy_model: str | None = None, smoke: bo
         for a in cmd.get("secret_args", []):
             if os.environ.get(a["env"]):
                 argv += [a["flag"], os.environ[a["env"]]]
-        return argv, {**os.environ, **cmd["env"]}
+        return argv, cmd["env"]            # the engine inherits the rest; only the plan's env is logged
 
     return run_with_retries(make_command, doc["settings"], retries=retry, log_dir=log_dir,
                             host=doc["settings"]["host"], port=doc["settings"]["port"],

@@ -247,7 +247,7 @@ def run_with_retries(make_command: Callable[[dict], tuple[list[str], dict]], set
     if launch is None:
         from qwenplan.launch.runner import launch
     log_dir = Path(log_dir)
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     retries = max(0, min(retries, MAX_RETRIES))
     tried: list[dict] = []
     outcome = Outcome(engine=None)

@@ -223,6 +223,15 @@ def redact_argv(argv: list[str], secrets=()) -> list[str]:
     return out
 
 
+def open_private_log(path: Path):
+    """Append to a log only its owner can read, in folders only its owner can enter (0600/0700)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
 def _group_alive(pgid: int) -> bool:
     """Any process of the group still running (zombies left for an init that does not reap are gone)."""
     try:
@@ -276,14 +285,18 @@ class Engine:
     # lifetime
 
     def start(self) -> "Engine":
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "a", encoding="utf-8")
+        self._log = open_private_log(self.log_path)
         shown = shlex.join(redact_argv(self.argv, self.secrets))
         self._write(f"# qwenplan: {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {shown}")
+        # Values only of what qwenplan sets; of the inherited environment, names alone: any of
+        # them may hold a credential that no name pattern recognises (DATABASE_URL, HTTPS_PROXY).
         if self.env:
             self._write("# qwenplan: env " + " ".join(
                 f"{k}={'***' if secret_env(k) else redact(v, self.secrets)}"
                 for k, v in sorted(self.env.items())))
+        inherited = sorted(k for k in os.environ if k not in self.env)
+        if inherited:
+            self._write("# qwenplan: inherited (names only) " + " ".join(inherited))
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}   # log lines as they happen
         try:
             self.proc = subprocess.Popen(self.argv, env=env, cwd=self._cwd, stdin=subprocess.DEVNULL,

@@ -185,6 +185,7 @@ def main() -> None:
     log(f"vLLM API server version {VERSION}" if engine == "vllm" else f"sglang version {VERSION}")
     log(f"non-default args: {json.dumps({k: v for k, v in opts.items()})}")
     Path(os.environ.get("FAKE_ENGINE_ARGV_FILE", "/dev/null")).write_text(json.dumps(sys.argv[1:]))
+    Path(os.environ.get("FAKE_ENGINE_ENV_FILE", "/dev/null")).write_text(json.dumps(dict(os.environ)))
     core = subprocess.Popen([sys.executable, __file__, "--engine-core"])
     Path(os.environ.get("FAKE_ENGINE_PIDS_FILE", "/dev/null")).write_text(json.dumps([os.getpid(), core.pid]))
 

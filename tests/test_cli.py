@@ -134,6 +134,34 @@ def test_verify_serves_dummy_weights_reports_and_stores(fake_vllm, tmp_path):
     assert run(["calibration", "clear"], env=fake_vllm).returncode == 0
 
 
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIAQWENPLANTEST0001", "DATABASE_URL": "postgres://u:pa55word@db.internal/x",
+               "GITHUB_PAT": "ghp_qwenplanTESTtoken42", "HTTPS_PROXY": "http://user:pr0xy-pass@proxy:3128"}
+
+
+def test_run_logs_hold_no_inherited_values_and_only_the_owner_can_read_them(fake_vllm, tmp_path):
+    snap = tmp_path / "hub" / "models--Qwen--Qwen3.6-35B-A3B-FP8" / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text((ROOT / "profiles/configs/qwen3.6-35b-a3b.json").read_text())
+    (tmp_path / "hub" / "models--Qwen--Qwen3.6-35B-A3B-FP8" / "refs").mkdir()
+    (tmp_path / "hub" / "models--Qwen--Qwen3.6-35B-A3B-FP8" / "refs" / "main").write_text("a" * 40)
+    seen = tmp_path / "engine-env.json"
+    r = run(["verify", "--gpu", "H100", "--engine", "vllm", "--engine-version", "0.32.0", "--port", str(free_port())],
+            env={**fake_vllm, "FAKE_ENGINE_MODE": "ok", "FAKE_ENGINE_ENV_FILE": str(seen), **CREDENTIALS})
+    assert r.returncode == 0, r.stdout + r.stderr
+    logs = list((tmp_path / "state" / "runs").glob("*/attempt-*.log"))
+    assert logs
+    for log in logs:
+        text = log.read_text()
+        for name, value in CREDENTIALS.items():
+            assert value not in text and name in text      # the name says what the engine inherited
+        assert log.stat().st_mode & 0o777 == 0o600
+        assert log.parent.stat().st_mode & 0o777 == 0o700
+    inherited = json.loads(seen.read_text())             # the engine itself still gets them
+    assert all(inherited.get(k) == v for k, v in CREDENTIALS.items())
+    for out in (r.stdout, r.stderr):
+        assert not any(v in out for v in CREDENTIALS.values())
+
+
 def test_a_corrupt_calibration_file_is_set_aside(fake_vllm, tmp_path):
     d = tmp_path / "state" / "calibration"
     d.mkdir(parents=True)

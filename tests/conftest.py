@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fake_engine import PortHandoff
 from tests.fakes import fake_psutil, fake_pynvml
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -31,3 +32,21 @@ def replay(monkeypatch, tmp_path):
         return hw
 
     return run
+
+
+_HANDOFFS: list[PortHandoff] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_handoffs():
+    yield
+    while _HANDOFFS:
+        _HANDOFFS.pop().close()
+
+
+def handed_port() -> tuple[int, dict[str, str]]:
+    """A port already bound and listening, handed to the fake engine (never free in between):
+    the port, and the env telling the engine where to take it from. Launch with check=False."""
+    h = PortHandoff()
+    _HANDOFFS.append(h)
+    return h.port, h.env

@@ -14,7 +14,11 @@ known signature), hang (never healthy). And fit: honours the memory the argv ask
 as kv-too-small when --max-model-len exceeds FAKE_ENGINE_FIT_LEN (169184), as mamba-blocks when
 --max-num-seqs exceeds FAKE_ENGINE_MAMBA_BLOCKS (135), serves otherwise — for retry loops.
 FAKE_ENGINE_IGNORE_SIGTERM=1 makes the API server ignore SIGTERM and SIGINT, and its EngineCore
-SIGTERM (a stuck shutdown).
+SIGTERM (a stuck shutdown); FAKE_ENGINE_CORE_STUCK=1 only the EngineCore (the API server exits and
+leaves a worker behind in its process group). FAKE_ENGINE_NO_TOKENS=1 answers chat completions
+with no content; FAKE_ENGINE_ECHO=1 prints its environment and argv to its log, as an engine's
+debug output may. FAKE_ENGINE_LISTEN_FROM=PATH takes its listening socket from the Unix socket at
+PATH (tests.fake_engine.PortHandoff), so no other process can take the port in between.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -102,8 +107,10 @@ FAILURES = {
 
 def engine_core() -> None:
     """The child process real vLLM starts; it must die with its parent's process group."""
-    stuck = os.environ.get("FAKE_ENGINE_IGNORE_SIGTERM") == "1"
+    stuck = "1" in (os.environ.get("FAKE_ENGINE_IGNORE_SIGTERM"), os.environ.get("FAKE_ENGINE_CORE_STUCK"))
     signal.signal(signal.SIGTERM, signal.SIG_IGN if stuck else (lambda *a: sys.exit(0)))
+    print("core ready", flush=True)          # its handler is in place: the API server may go on
+    sys.stdout.close()
     while True:
         time.sleep(0.2)
 
@@ -158,6 +165,8 @@ class Handler(BaseHTTPRequestHandler):
         if body.get("model") != self.name:
             return self._send(404, {"error": f"model {body.get('model')!r} not served"})
         words = ["Hello", " from", " the", " fake", " engine", "."]
+        if os.environ.get("FAKE_ENGINE_NO_TOKENS") == "1":
+            words = []
         n = min(int(body.get("max_tokens") or 16), len(words))
         if self.path == "/v1/chat/completions":
             if body.get("stream"):
@@ -170,6 +179,69 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/v1/completions":
             return self._send(200, {"choices": [{"text": "".join(words[:n])}], "usage": {"completion_tokens": n}})
         self._send(404, {"error": "not found"})
+
+
+def receive_listener(path: str) -> socket.socket:
+    """The listening TCP socket a PortHandoff passes over the Unix socket at `path`."""
+    with socket.socket(socket.AF_UNIX) as u:
+        u.connect(path)
+        _, fds, _, _ = socket.recv_fds(u, 16, 1)
+    return socket.socket(fileno=fds[0])
+
+
+class PortHandoff:
+    """A listening socket on 127.0.0.1:0 that the fake engine takes over (FAKE_ENGINE_LISTEN_FROM).
+
+    The port is never free between the test choosing it and the engine serving on it, so no
+    other process on a busy box can take it. Launch with check=False: the port is in use, by us.
+    """
+
+    def __init__(self):
+        import tempfile
+        import threading as _t
+
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self._dir = tempfile.mkdtemp(prefix="qwenplan-port-")      # short: Unix socket paths are
+        self.path = os.path.join(self._dir, "handoff.sock")        # limited to 108 bytes
+        self._unix = socket.socket(socket.AF_UNIX)
+        self._unix.bind(self.path)
+        self._unix.listen(8)
+        _t.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._unix.accept()
+            except OSError:
+                return
+            with conn:
+                socket.send_fds(conn, [b"x"], [self.listener.fileno()])
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"FAKE_ENGINE_LISTEN_FROM": self.path}
+
+    def close(self) -> None:
+        try:
+            self._unix.shutdown(socket.SHUT_RDWR)     # wakes the accept() of _serve
+        except OSError:
+            pass
+        self._unix.close()
+        self.listener.close()
+        for leftover in (self.path, self._dir):
+            try:
+                (os.unlink if leftover == self.path else os.rmdir)(leftover)
+            except OSError:
+                pass
+
+    def __enter__(self) -> "PortHandoff":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def main() -> None:
@@ -186,8 +258,16 @@ def main() -> None:
     log(f"non-default args: {json.dumps({k: v for k, v in opts.items()})}")
     Path(os.environ.get("FAKE_ENGINE_ARGV_FILE", "/dev/null")).write_text(json.dumps(sys.argv[1:]))
     Path(os.environ.get("FAKE_ENGINE_ENV_FILE", "/dev/null")).write_text(json.dumps(dict(os.environ)))
-    core = subprocess.Popen([sys.executable, __file__, "--engine-core"])
-    Path(os.environ.get("FAKE_ENGINE_PIDS_FILE", "/dev/null")).write_text(json.dumps([os.getpid(), core.pid]))
+    if os.environ.get("FAKE_ENGINE_ECHO") == "1":
+        print(f"argv: {sys.argv[1:]}", flush=True)
+        for k, v in sorted(os.environ.items()):
+            print(f"environ: {k}={v}", flush=True)
+    core = subprocess.Popen([sys.executable, __file__, "--engine-core"], stdout=subprocess.PIPE)
+    core.stdout.readline()                     # wait until the core's signal handler is set
+    pids_file = os.environ.get("FAKE_ENGINE_PIDS_FILE")
+    if pids_file:                               # atomically: a test may be polling for it
+        Path(pids_file + ".tmp").write_text(json.dumps([os.getpid(), core.pid]))
+        os.replace(pids_file + ".tmp", pids_file)
 
     def stop(*_):
         core.terminate()
@@ -217,7 +297,13 @@ def main() -> None:
     log("Available KV cache memory: 2.05 GiB", "EngineCore")
     log("GPU KV cache size: 131,072 tokens", "EngineCore")
     log(f"Maximum concurrency for {Handler.max_len:,} tokens per request: 2.00x", "EngineCore")
-    server = ThreadingHTTPServer((host, port), Handler)
+    handoff = os.environ.get("FAKE_ENGINE_LISTEN_FROM")
+    if handoff:
+        server = ThreadingHTTPServer((host, port), Handler, bind_and_activate=False)
+        server.socket.close()
+        server.socket = receive_listener(handoff)
+    else:
+        server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     log(f"Starting vLLM server on http://{host}:{port}")
     if MODE == "hang":

@@ -91,9 +91,7 @@ def test_checkpoint_sizes_are_computed_not_copied(variant, published):
 
 
 def test_engine_log_parser_reads_the_real_logs():
-    log = Path(__file__).resolve().parent.parent.parent / "shared" / "gpu-truth" / "h100-vllm0.26-bf16-eager-32k.log"
-    if not log.exists():
-        log = FIXTURES / "h100-vllm0.26-bf16-eager-32k.log"
+    log = FIXTURES / "h100-vllm0.26-bf16-eager-32k.log"
     r = parse_memory(log.read_text().splitlines())
     assert r.weights_bytes == pytest.approx(64.69 * GiB, rel=0.001)
     assert r.kv_tokens == 193536

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from qwenplan.launch import runner
+from tests.conftest import handed_port
 
 FAKE = Path(__file__).parent / "fake_engine.py"
 ROOT = Path(__file__).parent.parent
@@ -64,11 +65,11 @@ def quiet(**kw):
 
 
 def start(tmp_path, mode="ok", *extra, served="model", env=None, **kw):
-    port = free_port()
+    port, handoff = handed_port()
     opts, lines, states = quiet(ready_timeout_s=kw.pop("ready_timeout_s", 15), grace_s=kw.pop("grace_s", 3), **kw)
-    eng = runner.launch(fake_argv(port, *extra), {**fake_env(tmp_path, mode), **(env or {})},
+    eng = runner.launch(fake_argv(port, *extra), {**fake_env(tmp_path, mode), **handoff, **(env or {})},
                         log_path=tmp_path / "engine.log", host="127.0.0.1", port=port, served_name=served,
-                        forward_signals=False, **opts)
+                        forward_signals=False, check=False, **opts)
     return eng, lines, states
 
 
@@ -167,7 +168,7 @@ import json, sys
 from qwenplan.launch import runner
 argv, env, log, port, grace = json.loads(sys.argv[1])
 eng = runner.launch(argv, env, log_path=log, host="127.0.0.1", port=port, served_name="model",
-                    ready_timeout_s=30, grace_s=grace, on_line=lambda l: None,
+                    ready_timeout_s=30, grace_s=grace, check=False, on_line=lambda l: None,
                     on_status=lambda s: print("STAGE", s.stage, flush=True))
 print("RESULT", eng.result.ok, eng.result.failure, flush=True)
 code = eng.wait() if eng.result.ok else eng.result.exit_code
@@ -176,10 +177,10 @@ print("EXIT", code, eng.signalled, flush=True)
 
 
 def run_driver(tmp_path, mode="ok", grace=3.0, env=None):
-    port = free_port()
+    port, handoff = handed_port()
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
-    args = [fake_argv(port), {**fake_env(tmp_path, mode), **(env or {})}, str(tmp_path / "d.log"), port, grace]
+    args = [fake_argv(port), {**fake_env(tmp_path, mode), **handoff, **(env or {})}, str(tmp_path / "d.log"), port, grace]
     return subprocess.Popen([sys.executable, str(script), json.dumps(args)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
@@ -220,7 +221,6 @@ def test_signal_while_loading_stops_the_engine(tmp_path):
         deadline = time.monotonic() + 5
         while not (tmp_path / "pids.json").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(0.2)
         pids = engine_pids(tmp_path)
         proc.send_signal(signal.SIGINT)
         out = read_until(proc, "EXIT")

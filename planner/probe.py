@@ -232,7 +232,9 @@ def _to_gpus(devices: list[_Device]) -> list[GPU]:
 
 
 def select_gpu_ids(hw: Hardware, ids: list[int]) -> Hardware:
-    """--gpu-ids 0,2: keep those GPUs (numbered as the engine sees them), renumbered 0.."""
+    """--gpu-ids 0,2: keep those GPUs (numbered as the engine sees them), with their own indices:
+    the plan's CUDA_VISIBLE_DEVICES and a container's device_ids name them by index when the
+    document has no UUIDs (renumbered from 0, GPU 2 would have become GPU 0)."""
     known = {g.index: g for g in hw.gpus}
     missing = [i for i in ids if i not in known]
     if missing:
@@ -240,15 +242,9 @@ def select_gpu_ids(hw: Hardware, ids: list[int]) -> Hardware:
 
         raise InputError(f"--gpu-ids names GPU {missing[0]}, but this box has GPUs {sorted(known) or 'none'}",
                          "pick among those indices (see `qwenplan probe`)")
-    renumber = {old: new for new, old in enumerate(ids)}
-    kept = []
-    for old in ids:
-        g = known[old]
-        g = GPU(**{**g.__dict__, "index": renumber[old],
-                   "nvlink_peers": sorted(renumber[p] for p in g.nvlink_peers if p in renumber)})
-        kept.append(g)
-    hw.gpus = kept
-    hw.notes.append(f"limited to GPUs {','.join(map(str, ids))} (--gpu-ids), renumbered from 0")
+    hw.gpus = [GPU(**{**known[i].__dict__, "nvlink_peers": [p for p in known[i].nvlink_peers if p in ids]})
+               for i in ids]
+    hw.notes.append(f"limited to GPUs {','.join(map(str, ids))} (--gpu-ids)")
     return hw
 
 

@@ -207,11 +207,23 @@ def test_the_latest_engine_report_is_the_one_plans_use(capsys):
     """Bug: the oldest calibration used, not the latest."""
     formula = plan_json(capsys, *H100_VLLM)
     w = formula["memory"]["weights_bytes"]
-    calibration.record(formula, reported(formula, w + 300 * MiB), source="older run")
+    for n in range(20):                              # the store keeps the last 20 reports
+        calibration.record(formula, reported(formula, w + (300 + n) * MiB), source=f"older run {n}")
     calibration.record(formula, reported(formula, w + 100 * MiB), source="newer run")
     doc = plan_json(capsys, *H100_VLLM)
     assert doc["memory"]["weights_bytes"] == w + 100 * MiB
     assert "newer run" in next(d["reason"] for d in doc["decisions"] if d["key"] == "memory_model")
+
+
+def test_a_calibration_file_of_another_kind_is_set_aside(capsys, state):
+    formula = plan_json(capsys, *H100_VLLM)
+    path = calibration.record(formula, reported(formula, formula["memory"]["weights_bytes"] + GiB), source="run")
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps({**doc, "schema": "somebody-else/1"}))
+    r = qwenplan(capsys, "plan", "--json", *H100_VLLM)
+    assert r.code == 0 and "set aside" in r.err
+    assert json.loads(r.out)["memory"]["weights_bytes"] == formula["memory"]["weights_bytes"]
+    assert not path.exists()
 
 
 def test_graph_and_activation_memory_measured_at_another_shape_are_not_reused(capsys):
@@ -289,6 +301,7 @@ def test_pipeline_parallel_halves_the_weights_per_gpu(capsys):
     overhead = MEMORY["vllm"]["load_overhead_bytes"]
     w1, w2 = one["memory"]["weights_bytes"] - overhead, two["memory"]["weights_bytes"] - overhead
     assert w2 == int(w1 * 20 / 40)
+    assert two["memory"]["kv_bytes_per_token"] == one["memory"]["kv_bytes_per_token"] // 2   # 5 of 10 attention layers
 
 
 def test_data_parallel_ranks_count_as_multi_gpu_non_torch_memory(capsys):
@@ -350,9 +363,17 @@ def test_serving_on_a_public_address_warns(capsys):
     assert not any("reachable from other machines" in w for w in local["warnings"])
 
 
-def test_a_tiny_context_is_refused(capsys):
-    """Bug: a tiny --context accepted."""
-    assert "--context" in refused(capsys, "plan", "--gpu", "H100", "--context", "512")
+@pytest.mark.parametrize("option, value", [("--context", "512"), ("--concurrency", "0"), ("--nodes", "0")])
+def test_numbers_too_small_to_serve_are_refused(capsys, option, value):
+    """Bug: a tiny --context accepted (and a concurrency or node count of 0)."""
+    assert option in refused(capsys, "plan", "--gpu", "H100", option, value)
+
+
+def test_tensor_parallel_over_pcie_warns_and_over_nvlink_does_not(capsys):
+    pcie = plan_json(capsys, "--hardware", HARDWARE / "4x-rtx3060-12gb.json")
+    assert pcie["parallel"]["tensor"] > 1 and any("over PCIe" in w for w in pcie["warnings"])
+    nvlink = plan_json(capsys, "--hardware", HARDWARE / "2x-h200-nvlink.json", "--goal", "long-context")
+    assert nvlink["parallel"]["tensor"] == 2 and not any("over PCIe" in w for w in nvlink["warnings"])
 
 
 # --- planner/flags.py -------------------------------------------------------------------------------

@@ -127,7 +127,7 @@ def test_verify_serves_dummy_weights_reports_and_stores(fake_vllm, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "predicted / reported" in r.stdout
     listed = run(["calibration", "list"], env=fake_vllm)
-    assert "Qwen3.6-35B-A3B-FP8".lower().replace(".", "") in listed.stdout.lower().replace(".", "") or "fp8" in listed.stdout
+    assert "--vllm-0.32.0--fp8--kv-auto--tp1: " in listed.stdout, listed.stdout   # GPU, engine, variant, KV, TP
     # a later plan on the same combination uses it, and says so
     explained = run(["explain", "--gpu", "H100", "--engine", "vllm", "--engine-version", "0.32.0"], env=fake_vllm)
     assert "measured on this box on" in explained.stdout

@@ -23,13 +23,22 @@ def plan_for(name, **opts):
 
 
 def assert_within_budget(p):
-    for g in p.memory["gpus"]:
-        assert g["used_bytes"] <= g["budget_bytes"], g
-        assert g["budget_bytes"] <= g["total_bytes"]
-        assert g["kv_cache_bytes"] > 0
+    """The memory split adds up, from the document's own figures: the engine pages everything
+    its budget leaves after weights, activation, non-torch and (when profiled) graph memory as
+    cache; the budget, what stays outside it and the headroom make up the GPU's CUDA total."""
+    m = p.memory if hasattr(p, "memory") else p["memory"]
+    for g in m["gpus"]:
+        graphs = g["cudagraph_bytes"]
+        inside = graphs if m["cudagraph_in_budget"] else 0
+        parts = (g["weights_bytes"] + g["expert_cache_bytes"] + g["activation_bytes"] + g["non_torch_bytes"]
+                 + inside + g["kv_cache_bytes"])
+        assert g["kv_cache_bytes"] > 0, g
+        assert parts == g["budget_bytes"] == g["used_bytes"], g
+        assert g["budget_bytes"] + (graphs - inside) + g["headroom_bytes"] == g["total_bytes"], g
     # one full-length request always fits: vLLM refuses to start otherwise
-    assert p.memory["full_length_seqs"] >= 1
-    assert p.memory["max_len_that_fits"] >= p.settings["max_model_len"]
+    assert m["full_length_seqs"] >= 1
+    settings = p.settings if hasattr(p, "settings") else p["settings"]
+    assert m["max_len_that_fits"] >= settings["max_model_len"]
 
 
 def decision(p, key):

@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Plant realistic one-line bugs, one at a time, and check that the tests notice each.
+
+tools/mutants.yaml lists the mutations: the file, the original line's text (matched after
+stripping indentation, so the list survives edits that move lines; it must occur exactly once),
+the mutated text, and the test files to run. A line that no longer exists is reported STALE,
+never skipped silently. Each mutation is applied, only its tests run (pytest -x: the first
+failure kills it), and the file is restored, also on Ctrl-C or SIGTERM; a copy of the original
+sits beside it as FILE.mutant-orig while mutated, and a later run restores any it finds.
+
+    .venv/bin/python tools/mutants.py            # every mutant (about 20-30 min on 2 busy cores)
+    .venv/bin/python tools/mutants.py --check    # only: does every line still exist?
+    .venv/bin/python tools/mutants.py -k decide  # mutants whose file or id contains "decide"
+
+Entries may say `equivalent: why` (the code behaves the same; not counted) or `gap: why` (a
+known hole in the tests, counted as a survivor). Exit 1 when a mutant survives unexplained or
+is stale, or the score is under the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).with_name("mutants.yaml")
+TARGET = 0.85
+
+
+def restore_leftovers() -> None:
+    for orig in ROOT.rglob("*.mutant-orig"):
+        if ".venv" in orig.parts:
+            continue
+        target = orig.with_name(orig.name[: -len(".mutant-orig")])
+        target.write_bytes(orig.read_bytes())
+        orig.unlink()
+        print(f"restored {target.relative_to(ROOT)} from an interrupted run")
+
+
+def locate(m: dict) -> tuple[Path, str, int | None, str]:
+    """(path, text, line index or None, problem)."""
+    path = ROOT / m["file"]
+    if not path.exists():
+        return path, "", None, "file missing"
+    text = path.read_text()
+    lines = text.split("\n")
+    hits = [i for i, line in enumerate(lines) if line.strip() == m["find"].strip()]
+    if len(hits) != 1:
+        return path, text, None, "not found" if not hits else f"found {len(hits)} times"
+    return path, text, hits[0], ""
+
+
+def mutate(text: str, index: int, replacement: str) -> str:
+    lines = text.split("\n")
+    line = lines[index]
+    indent = line[: len(line) - len(line.lstrip())]
+    lines[index] = indent + replacement.strip()
+    return "\n".join(lines)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _raise(*_):
+    raise Interrupted()
+
+
+def run_one(m: dict, python: str, timeout: int) -> tuple[str, float]:
+    path, text, index, problem = locate(m)
+    if index is None:
+        return f"STALE ({problem})", 0.0
+    backup = path.with_name(path.name + ".mutant-orig")
+    backup.write_text(text)
+    t0 = time.monotonic()
+    try:
+        path.write_text(mutate(text, index, m["replace"]))
+        cmd = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *m["tests"]]
+        try:
+            r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+            status = "survived" if r.returncode == 0 else "killed"
+            if r.returncode not in (0, 1):       # 2+: interrupted, internal error, no tests: say so
+                status = f"killed (pytest exit {r.returncode})"
+        except subprocess.TimeoutExpired:
+            status = "killed (timeout)"
+    finally:
+        path.write_text(text)
+        backup.unlink()
+    return status, time.monotonic() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="only check that every mutation's line exists")
+    ap.add_argument("-k", default="", help="only mutants whose file or id contains this")
+    ap.add_argument("--python", default=sys.executable, help="the interpreter that runs pytest")
+    ap.add_argument("--timeout", type=int, default=300, help="seconds per mutant (a hang counts as killed)")
+    args = ap.parse_args()
+    restore_leftovers()
+    mutants = [m for m in yaml.safe_load(DATA.read_text())["mutants"]
+               if args.k in m["file"] or args.k in m["id"]]
+    ids = [m["id"] for m in mutants]
+    assert len(set(ids)) == len(ids), "mutant ids must be unique"
+    if args.check:
+        stale = [(m["id"], locate(m)[3]) for m in mutants if locate(m)[2] is None]
+        for mid, why in stale:
+            print(f"STALE {mid}: {why}")
+        print(f"{len(mutants) - len(stale)} of {len(mutants)} mutations apply")
+        return 1 if stale else 0
+    signal.signal(signal.SIGTERM, _raise)
+    per_file: dict[str, list[str]] = defaultdict(list)
+    unexplained = []
+    try:
+        for n, m in enumerate(mutants, 1):
+            status, secs = run_one(m, args.python, args.timeout)
+            note = ""
+            if status == "survived":
+                note = f"  equivalent: {m['equivalent']}" if m.get("equivalent") else \
+                       f"  known gap: {m['gap']}" if m.get("gap") else "  UNEXPLAINED"
+                if not (m.get("equivalent") or m.get("gap")):
+                    unexplained.append(m["id"])
+            if status.startswith("STALE"):
+                unexplained.append(m["id"])
+            kind = "equivalent" if status == "survived" and m.get("equivalent") else status.split()[0].lower()
+            per_file[m["file"]].append(kind)
+            print(f"[{n:>3}/{len(mutants)}] {status:<24} {secs:6.1f}s  {m['file']}: {m['id']}{note}", flush=True)
+    except (KeyboardInterrupt, Interrupted):
+        print("\ninterrupted: the file under mutation was restored", file=sys.stderr)
+        return 130
+    print("\nmodule                        killed / counted  (equivalent, stale)")
+    total_k = total_c = 0
+    for f in sorted(per_file):
+        kinds = per_file[f]
+        killed = sum(k == "killed" for k in kinds)
+        counted = sum(k in ("killed", "survived") for k in kinds)
+        total_k += killed
+        total_c += counted
+        print(f"{f:<30} {killed:>3} / {counted:<3} {killed / counted if counted else 1:>6.0%}   "
+              f"({kinds.count('equivalent')}, {kinds.count('stale')})")
+    score = total_k / total_c if total_c else 1.0
+    print(f"{'all':<30} {total_k:>3} / {total_c:<3} {score:>6.0%}   target {TARGET:.0%}")
+    if unexplained:
+        print("unexplained survivors or stale mutations: " + ", ".join(unexplained))
+    return 0 if score >= TARGET and not unexplained else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

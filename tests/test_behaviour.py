@@ -388,21 +388,25 @@ def test_an_unlisted_patch_release_is_checked_against_the_older_one(capsys):
 # --- launch/diagnose.py ------------------------------------------------------------------------------
 
 def test_a_retry_never_repeats_a_plan_already_tried(tmp_path):
-    """Bug: a retry may repeat a plan already tried. An engine that always reports 135 Mamba
-    blocks: the second attempt uses 135 sequences, fails the same way, and the loop stops."""
+    """Bug: a retry may repeat a plan already tried. SGLang at one sequence: 0.85 has too little
+    memory for the pool (raise the fraction: 0.88), 0.88 runs out of memory (lower it, and
+    max_num_seqs cannot halve below 1): the only safer plan left is the first one, already tried."""
     def launch_stub(argv, env, *, log_path, **kw):
         Path(log_path).write_text("started\n")
-        lines = ["ValueError: max_num_seqs (256) exceeds available Mamba cache blocks (135)."]
+        fraction = float(argv[argv.index("--mem-fraction-static") + 1])
+        lines = (["RuntimeError: Not enough memory. Please try to increase --mem-fraction-static."]
+                 if fraction < 0.87 else ["Load weight end. mem usage=17.9 GB",
+                                          "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB."])
         res = runner.LaunchResult(ok=False, stage="alive", failure="exited", message="exited", exit_code=1,
                                   timings={}, smoke=None, log_path=Path(log_path), lines=lines)
         return SimpleNamespace(result=res)
 
-    settings = {"max_model_len": 32768, "max_num_seqs": 256, "gpu_memory_utilization": 0.9, "enforce_eager": False,
+    settings = {"max_model_len": 32768, "max_num_seqs": 1, "gpu_memory_utilization": 0.85, "enforce_eager": False,
                 "speculative": None, "kv_cache_dtype": "auto", "expert_cache_size": None}
-    out = dg.run_with_retries(lambda s: (["engine"], {}), settings, retries=3, log_dir=tmp_path, launch=launch_stub)
-    tried = [a.settings for a in out.attempts]
-    assert [s["max_num_seqs"] for s in tried] == [256, 135]
-    assert out.last.next_settings is None
+    out = dg.run_with_retries(lambda s: (["sglang", "--mem-fraction-static", str(s["gpu_memory_utilization"])], {}),
+                              settings, retries=3, log_dir=tmp_path, launch=launch_stub)
+    assert [a.settings["gpu_memory_utilization"] for a in out.attempts] == [0.85, 0.88]
+    assert out.last.diagnosis.id == "oom" and out.last.next_settings is None
 
 
 # --- the commands nobody ran: probe, gpus, --gpu-ids, doctor ------------------------------------------

@@ -974,6 +974,8 @@ EXAMPLE_EXPORTS = {
 
 
 def test_examples_are_current_and_valid(tmp_path):
+    """A change detector for examples/exports/ (regenerated from this code, so it guards no
+    behaviour on its own), and the validators run over each example."""
     regen = os.environ.get("QWENPLAN_REGEN_EXAMPLES") == "1"
     stale = []
     for plan_name, outputs in EXAMPLE_EXPORTS.items():

@@ -19,11 +19,11 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-
 from qwenplan.launch import calibration, runner
 from qwenplan.launch import diagnose as dg
 from qwenplan.launch import export as ex
 from qwenplan.launch.cli import main
+
 from tests.conftest import capture, handed_port
 from tests.fakes import fake_psutil, fake_pynvml
 from tests.test_export import fake_venv, run_script, sd_environment, systemd_verify
@@ -369,10 +369,16 @@ def test_numbers_too_small_to_serve_are_refused(capsys, option, value):
     assert option in refused(capsys, "plan", "--gpu", "H100", option, value)
 
 
-def test_tensor_parallel_over_pcie_warns_and_over_nvlink_does_not(capsys):
-    pcie = plan_json(capsys, "--hardware", HARDWARE / "4x-rtx3060-12gb.json")
-    assert pcie["parallel"]["tensor"] > 1 and any("over PCIe" in w for w in pcie["warnings"])
-    nvlink = plan_json(capsys, "--hardware", HARDWARE / "2x-h200-nvlink.json", "--goal", "long-context")
+def test_tensor_parallel_over_pcie_warns_and_over_nvlink_does_not(tmp_path, capsys):
+    """Two RTX 3090s (24 GB each: the model needs both), with and without their NVLink bridge."""
+    def two_3090s(bridged: bool) -> Path:
+        gpus = [{"index": i, "name": "NVIDIA GeForce RTX 3090", "nvlink_peers": [1 - i] if bridged else []}
+                for i in (0, 1)]
+        return hardware_file(tmp_path, gpus, ram_total_bytes=128 * GiB)
+
+    pcie = plan_json(capsys, "--hardware", two_3090s(False))
+    assert pcie["parallel"]["tensor"] == 2 and any("over PCIe" in w for w in pcie["warnings"])
+    nvlink = plan_json(capsys, "--hardware", two_3090s(True))
     assert nvlink["parallel"]["tensor"] == 2 and not any("over PCIe" in w for w in nvlink["warnings"])
 
 

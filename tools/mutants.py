@@ -12,6 +12,9 @@ sits beside it as FILE.mutant-orig while mutated, and a later run restores any i
     .venv/bin/python tools/mutants.py --check    # only: does every line still exist?
     .venv/bin/python tools/mutants.py -k decide  # mutants whose file or id contains "decide"
 
+The tests must pass on the unmutated code, or every mutant looks killed: a test that fails
+already is left out with --deselect tests/FILE.py::NAME (repeatable), and the run says so.
+
 Entries may say `equivalent: why` (the code behaves the same; not counted) or `gap: why` (a
 known hole in the tests, counted as a survivor). Exit 1 when a mutant survives unexplained or
 is stale, or the score is under the target.
@@ -73,7 +76,7 @@ def _raise(*_):
     raise Interrupted()
 
 
-def run_one(m: dict, python: str, timeout: int) -> tuple[str, float]:
+def run_one(m: dict, python: str, timeout: int, deselect: list[str] = ()) -> tuple[str, float]:
     path, text, index, problem = locate(m)
     if index is None:
         return f"STALE ({problem})", 0.0
@@ -83,8 +86,9 @@ def run_one(m: dict, python: str, timeout: int) -> tuple[str, float]:
     try:
         path.write_text(mutate(text, index, m["replace"]))
         cmd = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *m["tests"]]
+        cmd += [a for d in deselect for a in ("--deselect", d)]
         try:
-            r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+            r = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
             status = "survived" if r.returncode == 0 else "killed"
             if r.returncode not in (0, 1):       # 2+: interrupted, internal error, no tests: say so
                 status = f"killed (pytest exit {r.returncode})"
@@ -102,6 +106,8 @@ def main() -> int:
     ap.add_argument("-k", default="", help="only mutants whose file or id contains this")
     ap.add_argument("--python", default=sys.executable, help="the interpreter that runs pytest")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per mutant (a hang counts as killed)")
+    ap.add_argument("--deselect", action="append", default=[], metavar="TEST",
+                    help="a test that already fails without mutation (repeatable)")
     args = ap.parse_args()
     restore_leftovers()
     mutants = [m for m in yaml.safe_load(DATA.read_text())["mutants"]
@@ -115,11 +121,13 @@ def main() -> int:
         print(f"{len(mutants) - len(stale)} of {len(mutants)} mutations apply")
         return 1 if stale else 0
     signal.signal(signal.SIGTERM, _raise)
+    for d in args.deselect:
+        print(f"left out (fails without mutation): {d}")
     per_file: dict[str, list[str]] = defaultdict(list)
     unexplained = []
     try:
         for n, m in enumerate(mutants, 1):
-            status, secs = run_one(m, args.python, args.timeout)
+            status, secs = run_one(m, args.python, args.timeout, args.deselect)
             note = ""
             if status == "survived":
                 note = f"  equivalent: {m['equivalent']}" if m.get("equivalent") else \

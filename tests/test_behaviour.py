@@ -110,6 +110,28 @@ def test_hf_token_is_a_secret_in_every_export(capsys):
     assert refs.get("HF_TOKEN"), refs
 
 
+def test_sglang_speculation_drafts_one_token_more_than_its_steps(capsys):
+    """SGLang's EAGLE/MTP with top-k 1 verifies num_steps + 1 draft tokens
+    (https://docs.sglang.ai/advanced_features/speculative_decoding.html)."""
+    doc = plan_json(capsys, "--gpu", "H200", "--engine", "sglang", "--variant", "bf16")
+    argv = doc["command"]["argv"]
+    steps = int(flag_value(argv, "--speculative-num-steps"))
+    assert steps == doc["settings"]["speculative"]["num_speculative_tokens"] == 2
+    assert int(flag_value(argv, "--speculative-num-draft-tokens")) == steps + 1
+
+
+def test_expert_parallel_spans_every_rank_of_the_document(capsys):
+    """A plan document that asks SGLang for expert parallelism (edited by hand: qwenplan's own
+    plans keep it off) spreads the experts over TP x DP ranks."""
+    from qwenplan.launch.render import render
+
+    doc = plan_json(capsys, "--hardware", HARDWARE / "2x-h200-nvlink.json", "--engine", "sglang")
+    tp, dp = doc["settings"]["tensor_parallel"], doc["settings"]["data_parallel"]
+    assert tp * dp == 2
+    doc["settings"]["expert_parallel"] = True
+    assert flag_value(render(doc)["argv"], "--ep-size") == str(tp * dp)
+
+
 # --- launch/runner.py: the engine's life, against the fake engine ---------------------------------
 
 def launch(tmp_path, mode="ok", env=None, **kw):

@@ -23,6 +23,7 @@ is stale, or the score is under the target.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -35,6 +36,26 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).with_name("mutants.yaml")
 TARGET = 0.85
+
+
+LOCK = ROOT / ".mutants.lock"
+
+
+def take_lock() -> bool:
+    """One run at a time: another run's mutated file must not be 'restored' under it."""
+    try:
+        fd = os.open(LOCK, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        try:
+            pid = int(LOCK.read_text() or 0)
+            os.kill(pid, 0)
+            return False                  # that run is alive
+        except (ValueError, ProcessLookupError):
+            LOCK.unlink()                 # a run that died: its leftovers are ours to restore
+            return take_lock()
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
 
 
 def restore_leftovers() -> None:
@@ -92,6 +113,9 @@ def run_one(m: dict, python: str, timeout: int, deselect: list[str] = ()) -> tup
             status = "survived" if r.returncode == 0 else "killed"
             if r.returncode not in (0, 1):       # 2+: interrupted, internal error, no tests: say so
                 status = f"killed (pytest exit {r.returncode})"
+            failed = [line.split()[1] for line in r.stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))]
+            if failed:
+                status += f" by {failed[0].split(' - ')[0]}"
         except subprocess.TimeoutExpired:
             status = "killed (timeout)"
     finally:
@@ -103,15 +127,26 @@ def run_one(m: dict, python: str, timeout: int, deselect: list[str] = ()) -> tup
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="only check that every mutation's line exists")
-    ap.add_argument("-k", default="", help="only mutants whose file or id contains this")
+    ap.add_argument("-k", default="", help="only mutants whose file or id contains this (comma: any of)")
     ap.add_argument("--python", default=sys.executable, help="the interpreter that runs pytest")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per mutant (a hang counts as killed)")
     ap.add_argument("--deselect", action="append", default=[], metavar="TEST",
                     help="a test that already fails without mutation (repeatable)")
     args = ap.parse_args()
+    if not take_lock():
+        print(f"another mutation run is going ({LOCK}); run one at a time", file=sys.stderr)
+        return 2
+    try:
+        return run(args)
+    finally:
+        LOCK.unlink(missing_ok=True)
+
+
+def run(args) -> int:
     restore_leftovers()
+    wanted = args.k.split(",")
     mutants = [m for m in yaml.safe_load(DATA.read_text())["mutants"]
-               if args.k in m["file"] or args.k in m["id"]]
+               if any(k in m["file"] or k in m["id"] for k in wanted)]
     ids = [m["id"] for m in mutants]
     assert len(set(ids)) == len(ids), "mutant ids must be unique"
     if args.check:
@@ -137,8 +172,10 @@ def main() -> int:
             if status.startswith("STALE"):
                 unexplained.append(m["id"])
             kind = "equivalent" if status == "survived" and m.get("equivalent") else status.split()[0].lower()
+            status, _, by = status.partition(" by ")
             per_file[m["file"]].append(kind)
-            print(f"[{n:>3}/{len(mutants)}] {status:<24} {secs:6.1f}s  {m['file']}: {m['id']}{note}", flush=True)
+            print(f"[{n:>3}/{len(mutants)}] {status:<24} {secs:6.1f}s  {m['file']}: {m['id']}{note}"
+                  + (f"\n          by {by}" if by else ""), flush=True)
     except (KeyboardInterrupt, Interrupted):
         print("\ninterrupted: the file under mutation was restored", file=sys.stderr)
         return 130

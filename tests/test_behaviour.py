@@ -126,10 +126,10 @@ def test_expert_parallel_spans_every_rank_of_the_document(capsys):
     from qwenplan.launch.render import render
 
     doc = plan_json(capsys, "--hardware", HARDWARE / "2x-h200-nvlink.json", "--engine", "sglang")
-    tp, dp = doc["settings"]["tensor_parallel"], doc["settings"]["data_parallel"]
-    assert tp * dp == 2
-    doc["settings"]["expert_parallel"] = True
-    assert flag_value(render(doc)["argv"], "--ep-size") == str(tp * dp)
+    doc["settings"].update(expert_parallel=True, tensor_parallel=1, data_parallel=2)
+    assert flag_value(render(doc)["argv"], "--ep-size") == "2"
+    doc["settings"].update(tensor_parallel=2, data_parallel=1)
+    assert flag_value(render(doc)["argv"], "--ep-size") == "2"
 
 
 # --- launch/runner.py: the engine's life, against the fake engine ---------------------------------
@@ -333,6 +333,57 @@ def test_data_parallel_ranks_count_as_multi_gpu_non_torch_memory(capsys):
     assert dp["memory"]["non_torch_bytes"] == MEMORY["vllm"]["non_torch_multi_gpu_bytes"]
     single = plan_json(capsys, "--hardware", HARDWARE / "h200.json")
     assert single["memory"]["non_torch_bytes"] == MEMORY["vllm"]["non_torch_bytes"]
+
+
+def test_sglang_data_parallel_ranks_are_full_replicas():
+    """SGLang's DP runs independent replicas (profiles/memory.yaml dp_shards_experts: false):
+    each GPU of DP 2 holds all the weights one GPU alone holds, where vLLM's DP shares the experts."""
+    from qwenplan.planner.sizing import Candidate, weights_on_gpu
+    from qwenplan.planner.variants import get_variant
+
+    assert MEMORY["sglang"]["dp_shards_experts"] is False and MEMORY["vllm"]["dp_shards_experts"] is True
+    v = get_variant("fp8")
+    for engine, version in (("sglang", "0.5.23"), ("vllm", "0.32.0")):
+        one, two = (weights_on_gpu(Candidate(v, engine, version, dp=dp))[0] for dp in (1, 2))
+        assert (two == one) == (engine == "sglang"), engine
+
+
+def test_graphs_outside_the_budget_before_vllm_0_20(capsys):
+    """vLLM before 0.20 does not profile CUDA graphs: their memory sits beside the budget, and
+    the split still adds up (graphs + budget + headroom = the GPU's CUDA total)."""
+    from tests.test_plans import assert_within_budget
+
+    doc = plan_json(capsys, "--gpu", "H100", "--engine", "vllm", "--engine-version", "0.19.1", "--variant", "fp8")
+    assert doc["memory"]["cudagraph_in_budget"] is False and not doc["settings"]["enforce_eager"]
+    assert doc["memory"]["cudagraph_bytes"] > 0
+    assert_within_budget(doc)
+
+
+def test_long_context_caps_sequences_at_what_the_pool_holds(capsys):
+    """The long-context goal caps max_num_seqs at the requests of its typical length that the
+    cache holds with their KV and DeltaNet state (vLLM pages more, in whole blocks): on a 4090
+    one 131,072-token request, not the goal's cap of 8."""
+    goal = yaml.safe_load((ROOT / "profiles" / "goals.yaml").read_text())["goals"]["long-context"]
+    seqs = {}
+    for gpu in ("4090", "RTX 5090", "A100 40GB"):
+        doc = plan_json(capsys, "--gpu", gpu, "--goal", "long-context")
+        m, st = doc["memory"], doc["settings"]
+        typical = min(st["max_model_len"], goal["typical_tokens"])
+        need = st["max_num_seqs"] * (typical * m["kv_bytes_per_token"] + m["state_bytes_per_seq"])
+        assert need <= m["kv_cache_bytes"], (gpu, st["max_num_seqs"], need / GiB, m["kv_cache_bytes"] / GiB)
+        seqs[gpu] = st["max_num_seqs"]
+    assert min(seqs.values()) < goal["max_seqs"], seqs        # the pool, not the cap, decided somewhere
+
+
+def test_yarn_exactly_beyond_the_native_context(capsys):
+    """The card's static YaRN is needed for any context beyond the native 262,144 tokens, and
+    only then."""
+    longer = plan_json(capsys, "--hardware", HARDWARE / "h200.json", "--context", "393216")
+    rope = longer["settings"]["hf_overrides"]["text_config"]["rope_parameters"]
+    assert rope["rope_type"] == "yarn" and rope["factor"] == 2.0
+    assert longer["command"]["env"]["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] == "1"
+    native = plan_json(capsys, "--hardware", HARDWARE / "h200.json", "--context", "262144")
+    assert native["settings"]["hf_overrides"] is None
 
 
 def test_gptq_weight_bytes_are_its_on_disk_tensors():

@@ -298,7 +298,8 @@ def _candidates(v: Variant, choice: EngineChoice, view: GpuView, opts: PlanOptio
     mtp_opts, _ = _mtp_options(v, choice, opts, goal)
     # Sized first at the sequence cap (the sampler's activation and the graphs grow with it),
     # then again at the count chosen (_evaluate).
-    cap = opts.concurrency or goal["max_seqs"]
+    # The goal's own concurrency where it has one: the knee (_knee) may go higher where memory allows.
+    cap = opts.concurrency or min(goal["max_seqs"], goal.get("concurrency") or goal["max_seqs"])
     for tp, pp, dp in _layouts(v, view, opts, eng.id):
         for kv in _kv_options(opts, view, choice):
             for spec in mtp_opts:
@@ -365,7 +366,7 @@ def _evaluate(o: Option, context: int, goal: dict, opts: PlanOptions, view: GpuV
             # block: the most the pool can run at once, whatever their length (vLLM preempts
             # the newest when longer ones need more blocks)
             limit = state_block_limit(s)
-            seqs = min(seqs, limit) if opts.concurrency else (min(max_seqs, limit) if seqs >= min_seqs else seqs)
+            seqs = min(seqs, limit) if opts.concurrency else (min(o.cand.max_seqs, limit) if seqs >= min_seqs else seqs)
     else:
         seqs = min(max_seqs, s.cache_bytes // (typical * s.kv_per_token + s.state_per_seq))
     if seqs < min_seqs:

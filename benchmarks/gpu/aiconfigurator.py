@@ -43,7 +43,7 @@ TEMPLATE = ["{aic}", "cli", "estimate", "--model-path", "benchmarks/gpu/configs/
 # AIConfigurator's system names for the GPUs the runs logged (its systems/*.yaml)
 SYSTEMS = (("H200", "h200_sxm"), ("H100 80GB HBM3", "h100_sxm"), ("H100 PCIE", "h100_pcie"))
 _TOTAL = re.compile(r"Free memory on device \([0-9.]+/([0-9.]+) GiB\)")
-MTP0 = "as_served_mtp_0_accepted"
+MTP = "as_served_mtp"
 _FIELDS = {"tokens_per_s": r"tokens/s:", "tokens_per_s_per_user": r"tokens/s/user:",
            "ttft_ms": r"TTFT:", "tpot_ms": r"TPOT:", "concurrency": r"Concurrency:"}
 
@@ -103,16 +103,31 @@ def settings(run: Path) -> dict:
         "max_num_seqs": int(flag(argv, "--max-num-seqs", default_seqs)),
         "max_num_seqs_source": "--max-num-seqs" if "--max-num-seqs" in argv else "vLLM default",
         "mtp_tokens": int(spec.get("num_speculative_tokens", 0)),
+        "mtp_accepted": accepted_drafts(spec),
     }
 
 
-def command(aic: str, st: dict, concurrency: int, nextn: int = 0) -> tuple[list[str], int]:
-    """The estimate's argv for one load level, and the batch per DP rank it asks for; with
-    nextn, MTP drafting `nextn` tokens of which none is accepted (as the dummy-weight runs did)."""
+def accepted_drafts(spec: dict) -> float:
+    """Mean draft tokens accepted per verify step as served: vLLM's synthetic rejection sampler
+    accepts at the rates the config names (the sum of its per-position unconditional rates, or
+    synthetic_acceptance_length - 1); otherwise dummy weights accept none (every logged
+    SpecDecoding line reads 0.0 %)."""
+    if spec.get("rejection_sample_method") != "synthetic":
+        return 0.0
+    if spec.get("synthetic_acceptance_rates") is not None:
+        return round(sum(spec["synthetic_acceptance_rates"]), 4)
+    return round(float(spec["synthetic_acceptance_length"]) - 1, 4)
+
+
+def command(aic: str, st: dict, concurrency: int, mtp: bool = False) -> tuple[list[str], int]:
+    """The estimate's argv for one load level, and the batch per DP rank it asks for; with mtp,
+    MTP as the run served it (its draft tokens, and the drafts its sampler accepted)."""
     per_rank = min(-(-concurrency // st["dp"]), st["max_num_seqs"])   # vLLM caps each DP engine
     values = dict(st, aic=aic, batch_per_dp_rank=per_rank)
     cmd = [a.format(**values) for a in TEMPLATE]
-    return cmd + (["--nextn", str(nextn), "--nextn-accepted", "0"] if nextn else []), per_rank
+    if mtp:
+        cmd += ["--nextn", str(st["mtp_tokens"]), "--nextn-accepted", str(st["mtp_accepted"])]
+    return cmd, per_rank
 
 
 def parse(text: str) -> dict:
@@ -143,10 +158,10 @@ def run_aic(cmd: list[str]) -> subprocess.CompletedProcess:
     return _memo[tuple(cmd)]
 
 
-def estimate(aic: str, st: dict, nextn: int = 0) -> dict:
+def estimate(aic: str, st: dict, mtp: bool = False) -> dict:
     cells = {}
     for level, c in LEVELS.items():
-        cmd, per_rank = command(aic, st, c, nextn)
+        cmd, per_rank = command(aic, st, c, mtp)
         proc = run_aic(cmd)
         text = proc.stdout + "\n" + proc.stderr
         if proc.returncode != 0:
@@ -195,30 +210,30 @@ def errors(data: dict) -> list[dict]:
             m = meas[level]["tok_per_s"]
             row = {"run": run.name, "c": level, "measured": m, "aic": rec[level]["tokens_per_s"],
                    "ttft_p50_s": meas[level]["ttft_p50_s"], "aic_ttft_s": rec[level]["ttft_s"],
-                   "mtp": bool(rec["mtp_tokens"]), "aic_mtp0": rec.get(MTP0, {}).get(level, {}).get("tokens_per_s")}
+                   "mtp": bool(rec["mtp_tokens"]), "aic_mtp": rec.get(MTP, {}).get(level, {}).get("tokens_per_s")}
             row["error"] = 100 * (row["aic"] - m) / m
-            row["error_mtp0"] = None if row["aic_mtp0"] is None else 100 * (row["aic_mtp0"] - m) / m
+            row["error_mtp"] = None if row["aic_mtp"] is None else 100 * (row["aic_mtp"] - m) / m
             rows.append(row)
     return rows
 
 
 def table(data: dict) -> None:
     rows = errors(data)
-    print(f"{'run':36} {'c':>4} {'measured':>9} {'AIC':>9} {'error':>7} {'AIC MTP0':>9} {'error':>7}"
+    print(f"{'run':36} {'c':>4} {'measured':>9} {'AIC':>9} {'error':>7} {'AIC MTP':>9} {'error':>7}"
           f" {'TTFT p50':>9} {'AIC TTFT':>9}")
     for r in rows:
-        mtp0 = (f"{r['aic_mtp0']:9.1f} {r['error_mtp0']:+6.1f}%" if r["aic_mtp0"] is not None
-                else f"{'':9} {'':7}")
+        mtp = (f"{r['aic_mtp']:9.1f} {r['error_mtp']:+6.1f}%" if r["aic_mtp"] is not None
+               else f"{'':9} {'':7}")
         print(f"{r['run'] + (' (MTP)' if r['mtp'] else ''):36} {r['c']:>4} {r['measured']:9.1f} "
-              f"{r['aic']:9.1f} {r['error']:+6.1f}% {mtp0} {r['ttft_p50_s']:8.3f}s {r['aic_ttft_s']:8.3f}s")
+              f"{r['aic']:9.1f} {r['error']:+6.1f}% {mtp} {r['ttft_p50_s']:8.3f}s {r['aic_ttft_s']:8.3f}s")
 
     def med(xs):
         return f"{statistics.median(xs):.1f} % over {len(xs)} cells" if xs else "no cells"
     print("median |error| of AIConfigurator's tokens/s (MTP runs predicted without MTP):")
     print("  all cells:     " + med([abs(r["error"]) for r in rows]))
     print("  non-MTP cells: " + med([abs(r["error"]) for r in rows if not r["mtp"]]))
-    print("  MTP cells, as served (MTP, 0 accepted): "
-          + med([abs(r["error_mtp0"]) for r in rows if r["error_mtp0"] is not None]))
+    print("  MTP cells predicted as served (AIC MTP column): "
+          + med([abs(r["error_mtp"]) for r in rows if r["error_mtp"] is not None]))
     for name, why in data["failures"].items():
         print(f"not estimated: {name}: {why}")
 
@@ -242,19 +257,21 @@ def main() -> int:
         "tokens_per_s is AIConfigurator's system tokens/s (all concurrent requests), comparable "
         "to load.json's tok_per_s; batch_size is per attention-DP rank (the level's concurrency "
         "split over DP ranks, capped at max_num_seqs); MTP runs (mtp_tokens > 0) are predicted "
-        "without MTP in c1/c32/c128 and, in " + MTP0 + ", as served: MTP drafting mtp_tokens "
-        "with none accepted (--nextn N --nextn-accepted 0), as the dummy-weight runs did.")
+        "without MTP in c1/c32/c128 and, in " + MTP + ", as served: --nextn mtp_tokens "
+        "--nextn-accepted mtp_accepted (0 with dummy weights; the synthetic sampler's rates "
+        "where the run set them).")
     for run in runs():
         rec = data["runs"].get(run.name)
-        if run.name in data["failures"] or (rec and (MTP0 in rec or not rec["mtp_tokens"])):
+        if run.name in data["failures"] or (rec and (MTP in rec or not rec["mtp_tokens"])):
             continue
         print(f"estimating {run.name} ...", file=sys.stderr, flush=True)
         try:
+            st = settings(run)
             if rec is None:
-                st = settings(run)
                 rec = dict(st, dir=str(run.relative_to(ROOT)), **estimate(aic, st))
+            rec.update(st)      # a record from an older version of this script lacks new fields
             if rec["mtp_tokens"]:
-                rec[MTP0] = estimate(aic, rec, nextn=rec["mtp_tokens"])
+                rec[MTP] = estimate(aic, rec, mtp=True)
             data["runs"][run.name] = rec
         except (Unsupported, RuntimeError, ValueError, subprocess.TimeoutExpired) as e:
             data["failures"][run.name] = str(e)

@@ -1,0 +1,148 @@
+"""Reliability and security (issue 20, and the poisoned-calibration item of issue 17): a squatted
+port, extra args that override the plan, hostile hardware documents, poisoned calibration and
+profile-cache files. Each test fails on the code before its fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from qwenplan.launch import runner
+from qwenplan.launch.render import render
+from qwenplan.planner import hardware
+from qwenplan.planner.catalog import find_gpu
+from qwenplan.planner.decide import PlanOptions, make_plan
+from qwenplan.planner.errors import InputError
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "hardware"
+
+
+def cli(args, env=None, timeout=120, **kw):
+    e = {**os.environ, "NO_COLOR": "1", "COLUMNS": "80", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "qwenplan.launch.cli", *args], capture_output=True, text=True,
+                          env=e, timeout=timeout, **kw)
+
+
+def one_line_error(r, code=2):
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == code, (r.returncode, r.stdout[-500:], r.stderr[-2000:])
+    assert len(lines) == 1 and "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
+    return lines[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def plan_doc(box="h100-80gb", **opts):
+    hw = hardware.load(EXAMPLES / f"{box}.json", lookup=find_gpu)
+    return make_plan(hw, PlanOptions(**opts)).to_dict()
+
+
+# --- item 2: a squatted port never gets the API key --------------------------------------------
+
+def test_a_squatter_on_the_planned_port_gets_no_api_key_and_is_not_called_ready(tmp_path):
+    """The engine is still loading (here: never binds); another local process took the port."""
+    port = free_port()
+    seen = []
+
+    class Squatter(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Authorization")))
+            body = json.dumps({"data": [{"id": "model"}]}).encode() if self.path == "/v1/models" else b"ok"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Squatter)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    key = "sk-squat-test-0001"
+    try:
+        eng = runner.launch([sys.executable, "-c", "import time; time.sleep(60)"], {}, log_path=tmp_path / "e.log",
+                            host="127.0.0.1", port=port, served_name="model", api_key=key, smoke=False,
+                            check=False, ready_timeout_s=20, grace_s=2, forward_signals=False,
+                            on_line=lambda s: None, on_status=lambda s: None)
+    finally:
+        server.shutdown()
+        server.server_close()
+    res = eng.result
+    assert not res.ok and res.failure == "squatted", res
+    assert f"port {port}" in res.message and "not the engine" in res.message
+    assert all(auth is None for _, auth in seen) and not any(p == "/v1/models" for p, _ in seen)
+    assert eng.poll() is not None                      # and the engine was stopped
+
+
+# --- item 3: --extra-arg cannot override the plan, nor carry a key -----------------------------
+
+@pytest.mark.parametrize("engine,extra,option", [
+    ("vllm", ["--host=0.0.0.0"], "--host"),
+    ("vllm", ["--host", "0.0.0.0"], "--host"),
+    ("vllm", ["--port=9"], "--port"),
+    ("vllm", ["--max-model-len=1000"], "--context"),
+    ("vllm", ["--max_model_len", "1000"], "--context"),
+    ("vllm", ["--gpu-memory-utilization=0.99"], "memory model"),
+    ("vllm", ["--device-memory-utilization=0.99"], "memory model"),   # the parser's alias
+    ("vllm", ["-tp", "2"], "--gpu-ids"),
+    ("vllm", ["--no-enforce-eager"], "memory model"),
+    ("vllm", ["--kv-cache-dtype=fp8"], "--kv-dtype"),                 # left at the default, still planned
+    ("vllm", ["--served-model-name", "x"], "--served-name"),
+    ("sglang", ["--context-length", "1000"], "--context"),
+    ("sglang", ["--tensor-parallel-size=2"], "--gpu-ids"),            # SGLang's alias of --tp-size
+    ("sglang", ["--mem-fraction-static=0.95"], "memory model"),
+    ("sglang", ["--host=0.0.0.0"], "--host"),
+])
+def test_an_extra_arg_that_sets_a_planned_setting_is_refused_naming_qwenplans_option(engine, extra, option):
+    doc = plan_doc(engine=engine)
+    with pytest.raises(InputError) as e:
+        render(doc, tuple(extra))
+    assert option in str(e.value) and extra[0] in str(e.value)
+
+
+def test_extra_args_the_plan_does_not_set_still_pass():
+    doc = plan_doc(engine="vllm")
+    argv = render(doc, ("--enable-prefix-caching", "--max-log-len=100"))["argv"]
+    assert argv[-2:] == ["--enable-prefix-caching", "--max-log-len=100"]
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+@pytest.mark.parametrize("extra", [["--api-key=sk-in-clear-0042"], ["--api-key", "sk-in-clear-0042"],
+                                   ["--api_key=sk-in-clear-0042"]])
+def test_an_api_key_in_extra_args_is_refused(engine, extra):
+    r = cli(["plan", "--json", "--gpu", "H100", "--engine", engine, *[f"--extra-arg={a}" for a in extra]])
+    line = one_line_error(r)
+    assert "--api-key" in line and "environment" in line
+    assert "sk-in-clear-0042" not in r.stdout + r.stderr
+
+
+def test_export_refuses_an_api_key_in_extra_args_too():
+    r = cli(["export", "systemd", "--gpu", "H100", "--extra-arg=--api-key=sk-in-clear-0042"])
+    line = one_line_error(r)
+    assert "--api-key" in line and "sk-in-clear-0042" not in r.stdout
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang"])
+def test_every_alias_in_the_spellings_is_a_real_flag_of_some_release(engine):
+    """An alias no release accepts is a typo in profiles/engines.yaml (aliases come from --help)."""
+    from qwenplan.planner.engines import get_engine
+    from qwenplan.planner.flags import flag_set, versions_on_file
+
+    known = set().union(*(flag_set(engine, v).flags for v in versions_on_file(engine)))
+    aliases = [a for entries in get_engine(engine).raw["args"].values() if isinstance(entries, list)
+               for e in entries for a in e.get("aliases") or ()]
+    assert aliases and all(a in known for a in aliases), [a for a in aliases if a not in known]

@@ -146,3 +146,97 @@ def test_every_alias_in_the_spellings_is_a_real_flag_of_some_release(engine):
     aliases = [a for entries in get_engine(engine).raw["args"].values() if isinstance(entries, list)
                for e in entries for a in e.get("aliases") or ()]
     assert aliases and all(a in known for a in aliases), [a for a in aliases if a not in known]
+
+
+# --- item 5 and the lows: hostile hardware documents -------------------------------------------
+
+BOMB = """schema: qwenplan.hardware/1
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+gpus: []
+{where}: *i
+"""
+
+
+@pytest.mark.parametrize("where", ["notes", "extra_field", "driver", "host"])
+def test_a_billion_laughs_document_is_refused_at_once(tmp_path, where):
+    doc = tmp_path / "bomb.yaml"
+    doc.write_text(BOMB.replace("{where}", where))
+    t0 = time.monotonic()
+    line = one_line_error(cli(["plan", "--hardware", str(doc)], timeout=60))
+    assert time.monotonic() - t0 < 20 and "alias" in line
+
+
+def test_a_bomb_inside_a_gpu_is_refused(tmp_path):
+    doc = tmp_path / "bomb.yaml"
+    doc.write_text(BOMB.replace("gpus: []\n{where}: *i\n", "gpus:\n  - {name: H100, notes: *i}\n"))
+    assert "alias" in one_line_error(cli(["plan", "--hardware", str(doc)], timeout=60))
+
+
+def test_unknown_fields_are_refused_by_name():
+    with pytest.raises(InputError, match=r"gpus\[0\] has an unknown field 'colour'"):
+        hardware.from_dict({"gpus": [{"name": "H100", "colour": "green"}]})
+    with pytest.raises(InputError, match="host has an unknown field"):
+        hardware.from_dict({"gpus": [], "host": {"ram": 1}})
+    with pytest.raises(InputError, match="notes must be a list of strings"):
+        hardware.from_dict({"gpus": [], "notes": [["nested"]]})
+
+
+def test_a_probe_document_still_round_trips():
+    doc = json.loads((EXAMPLES / "h100-80gb.json").read_text())
+    doc["cuda_visible_devices"] = "0"
+    hw = hardware.from_dict(doc, lookup=find_gpu)
+    assert hardware.from_dict(hw.to_dict(), lookup=find_gpu).to_dict() == hw.to_dict()
+
+
+def test_a_fifo_dev_zero_and_a_huge_file_are_refused_without_reading_them(tmp_path):
+    fifo = tmp_path / "hw.fifo"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge.json"
+    huge.write_text('{"gpus": [], "notes": ["' + "x" * (2 << 20) + '"]}')
+    for path, needle in ((fifo, "not a regular file"), ("/dev/zero", "not a regular file"), (huge, "bytes")):
+        t0 = time.monotonic()
+        line = one_line_error(cli(["plan", "--hardware", str(path)], timeout=30))
+        assert needle in line and time.monotonic() - t0 < 20
+
+
+def test_deeply_nested_json_is_one_line(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200000 + "]" * 200000)
+    assert "nests too deeply" in one_line_error(cli(["plan", "--hardware", str(deep)]))
+
+
+def gpu_doc(tmp_path, **gpu):
+    path = tmp_path / "hw.json"
+    path.write_text(json.dumps({"schema": "qwenplan.hardware/1", "gpus": [{"index": 0, "name": "H100", **gpu}]}))
+    return str(path)
+
+
+@pytest.mark.parametrize("gpu,needle", [
+    ({"memory_total_bytes": float("nan")}, "finite"),
+    ({"memory_total_bytes": float("inf")}, "finite"),
+    ({"memory_total_bytes": 85 << 30, "memory_free_bytes": float("nan")}, "finite"),
+    ({"memory_total_bytes": 85 << 30, "memory_reserved_bytes": 85 << 30}, "leaves nothing"),
+    ({"memory_total_bytes": 85 << 30, "memory_reserved_bytes": 90 << 30}, "leaves nothing"),
+    ({"memory_total_bytes": 1e30}, "beyond any real hardware"),
+    ({"name": "H100\x1b]0;pwned\x07"}, "control characters"),
+])
+def test_absurd_gpu_memory_is_refused_with_exit_2(tmp_path, gpu, needle):
+    line = one_line_error(cli(["plan", "--hardware", gpu_doc(tmp_path, **gpu)]))
+    assert needle in line
+
+
+def test_a_thousand_gpus_are_refused_naming_the_largest_count(tmp_path):
+    path = tmp_path / "many.json"
+    path.write_text(json.dumps({"gpus": [{"index": i, "name": "H100"} for i in range(1024)]}))
+    line = one_line_error(cli(["plan", "--hardware", str(path)]))
+    assert f"at most {hardware.MAX_GPUS}" in line and "1024" in line
+    line = one_line_error(cli(["plan", "--gpu", "H100", "--gpus", "1024"]))
+    assert f"at most {hardware.MAX_GPUS}" in line

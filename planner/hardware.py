@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import HardwareFileError
+from .errors import HardwareFileError, InputError
 from .units import MiB, parse_size
 
 SCHEMA = "qwenplan.hardware/1"
@@ -161,7 +161,7 @@ class _Reader:
         if isinstance(value, str):
             try:
                 value = parse_size(value)
-            except Exception:
+            except InputError:
                 self.fail(f"{path}.{key}", f"must be a number of bytes or a size like '80GiB' (got {value[:40]!r})")
         if not isinstance(value, (int, float)):
             self.fail(f"{path}.{key}", f"must be a number of bytes (got {type(value).__name__})")

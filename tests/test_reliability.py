@@ -15,7 +15,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
 from qwenplan.launch import runner
 from qwenplan.launch.render import render
 from qwenplan.planner import hardware
@@ -30,7 +29,7 @@ EXAMPLES = ROOT / "examples" / "hardware"
 def cli(args, env=None, timeout=120, **kw):
     e = {**os.environ, "NO_COLOR": "1", "COLUMNS": "80", **(env or {})}
     return subprocess.run([sys.executable, "-m", "qwenplan.launch.cli", *args], capture_output=True, text=True,
-                          env=e, timeout=timeout, **kw)
+                          env=e, timeout=timeout, check=False, **kw)
 
 
 def one_line_error(r, code=2):

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -331,28 +329,19 @@ def from_dict(doc: Any, label: str = "hardware document", lookup=None) -> Hardwa
 
 
 def _read_document(p: Path, label: str) -> str:
-    """The text of a regular file of at most MAX_DOCUMENT_BYTES: a FIFO, a device (/dev/zero) or a
-    huge file is refused before it is read (O_NONBLOCK: opening a FIFO must not wait for a writer)."""
+    """The text of a regular file of at most MAX_DOCUMENT_BYTES: a FIFO, a device (/dev/zero) or
+    a huge file is refused before it is read."""
+    from qwenplan.launch.files import NotARegularFile, read_regular
+
     try:
-        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+        data = read_regular(p, MAX_DOCUMENT_BYTES)
     except FileNotFoundError:
         raise HardwareFileError(f"{label} does not exist", "give the path of a file written by `qwenplan probe --json`")
+    except NotARegularFile as e:
+        raise HardwareFileError(f"{label} {e}", "give the JSON or YAML file `qwenplan probe --json` wrote")
     except OSError as e:
         raise HardwareFileError(f"{label} cannot be read ({e.strerror or type(e).__name__})",
                                 "give a JSON or YAML text file")
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise HardwareFileError(f"{label} is not a regular file", "give a JSON or YAML file, not a pipe or device")
-        if st.st_size > MAX_DOCUMENT_BYTES:
-            raise HardwareFileError(f"{label} is {st.st_size:,} bytes, more than a hardware document can be "
-                                    f"({MAX_DOCUMENT_BYTES:,})", "give the file `qwenplan probe --json` wrote")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read(MAX_DOCUMENT_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > MAX_DOCUMENT_BYTES:
-        raise HardwareFileError(f"{label} grew past {MAX_DOCUMENT_BYTES:,} bytes while read", "give a finished file")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

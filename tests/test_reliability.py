@@ -239,3 +239,177 @@ def test_a_thousand_gpus_are_refused_naming_the_largest_count(tmp_path):
     assert f"at most {hardware.MAX_GPUS}" in line and "1024" in line
     line = one_line_error(cli(["plan", "--gpu", "H100", "--gpus", "1024"]))
     assert f"at most {hardware.MAX_GPUS}" in line
+
+
+# --- items 6, 7 and issue 17 item 3: calibration that cannot be poisoned -----------------------
+
+from qwenplan.launch import calibration  # noqa: E402
+from qwenplan.planner.whatif import what_if  # noqa: E402
+
+H100_VLLM = ["--gpu", "H100", "--engine", "vllm", "--engine-version", "0.32.0"]
+NVML_H100 = {"PYTHONPATH": f"{ROOT / 'tests' / 'fakes' / 'nvml_here'}{os.pathsep}{ROOT}"}
+
+
+def h100_doc() -> dict:
+    return make_plan(what_if(["H100"]), PlanOptions(engine="vllm", engine_version="0.32.0")).to_dict()
+
+
+def observation(doc: dict, weights: float | None = None, **reported) -> dict:
+    """What `verify` stores for this plan, with the engine having reported `weights`."""
+    m = doc["memory"]
+    w = m["weights_bytes"] if weights is None else weights
+    return {"date": "2026-11-30", "source": "test",
+            "gpu": {"name": m["gpus"][0]["name"], "memory_total_bytes": m["gpus"][0]["total_bytes"], "uuids": []},
+            "settings": {k: doc["settings"].get(k) for k in ("max_model_len", "max_num_seqs", "max_num_batched_tokens",
+                                                             "gpu_memory_utilization", "enforce_eager", "speculative")},
+            "predicted": {k: m.get(k) for k in ("weights_bytes", "activation_bytes", "non_torch_bytes",
+                                                "cudagraph_bytes", "kv_cache_bytes", "kv_cache_tokens")},
+            "reported": {"weights_bytes": w, "activation_bytes": m["activation_bytes"],
+                         "non_torch_bytes": m["non_torch_bytes"], **reported}}
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """An empty calibration store (the same one the CLI subprocesses use) and the H100 plan's key."""
+    monkeypatch.setenv("QWENPLAN_STATE_DIR", str(tmp_path / "state"))
+    d = calibration.store_dir()
+    d.mkdir(parents=True)
+    doc = h100_doc()
+    return {"dir": d, "doc": doc, "file": d / f"{calibration.plan_key(doc)}.json",
+            "env": {"QWENPLAN_STATE_DIR": str(tmp_path / "state")}}
+
+
+def write_record(store, observations=None, raw=None):
+    doc = {"schema": calibration.SCHEMA, "key": calibration.plan_key(store["doc"]),
+           "observations": observations if observations is not None else [observation(store["doc"])]}
+    store["file"].write_text(raw if raw is not None else json.dumps(doc))
+
+
+def planned(store, *more):
+    r = cli(["plan", "--json", *H100_VLLM, *more], env=store["env"])
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout), r.stderr
+
+
+@pytest.mark.parametrize("raw", [
+    "[]", "null", '{"schema": "qwenplan.calibration/1", "observations": []}',                 # no key
+    '{"schema": "qwenplan.calibration/1", "key": "KEY", "observations": [1]}',                # an int observation
+    '{"schema": "qwenplan.calibration/1", "key": "KEY", "observations": {}}',
+    '{"schema": "qwenplan.calibration/1", "key": "KEY", "observations": [{"date": "d", "reported": []}]}',
+])
+@pytest.mark.parametrize("command", [["plan", *H100_VLLM], ["explain", *H100_VLLM], ["calibration", "list"]])
+def test_a_calibration_file_of_the_wrong_shape_is_set_aside_not_a_crash(store, raw, command):
+    write_record(store, raw=raw.replace("KEY", calibration.plan_key(store["doc"])))
+    r = cli(command, env=store["env"])
+    assert r.returncode == 0, r.stderr
+    assert "set aside" in r.stderr and "internal error" not in r.stderr
+    assert not store["file"].exists() and list(store["dir"].glob("*.bad-*"))
+
+
+@pytest.mark.parametrize("field,value", [
+    ("settings.speculative", "on"), ("settings.max_num_seqs", "8"), ("reported.kv_tokens", [1]),
+])
+def test_a_wrong_type_deep_in_a_record_is_set_aside(store, field, value):
+    o = observation(store["doc"])
+    part, key = field.split(".")
+    o[part][key] = value
+    write_record(store, [o])
+    _, err = planned(store)
+    assert "set aside" in err
+
+
+@pytest.mark.parametrize("weights", [-5 << 30, True, 1e30, float("nan"), float("inf"), 0, "33GiB"])
+def test_absurd_calibration_values_are_set_aside_with_a_warning_and_change_nothing(store, weights):
+    formula, _ = planned(store, "--no-calibration")
+    write_record(store, [observation(store["doc"], weights=weights)])
+    p, err = planned(store)
+    assert "set aside" in err and "weights_bytes" in err
+    assert p["settings"] == formula["settings"]
+    assert p["settings"].get("kv_cache_memory_bytes") is None
+
+
+def test_a_report_far_off_the_prediction_is_kept_but_changes_no_plan_until_a_second_agrees(store):
+    formula, _ = planned(store, "--no-calibration")
+    far = int(store["doc"]["memory"]["weights_bytes"] * 0.6)          # 40 % under: another checkpoint?
+    write_record(store, [observation(store["doc"], weights=far)])
+    p, err = planned(store)
+    assert p["settings"] == formula["settings"]
+    assert "40% off the predicted weights" in err and "second report agrees" in err
+    assert store["file"].exists()                                      # kept as a report
+    write_record(store, [observation(store["doc"], weights=far), observation(store["doc"], weights=far + (1 << 20))])
+    p, err = planned(store)
+    assert p["settings"] != formula["settings"] and "off the predicted" not in err
+
+
+def test_explain_says_up_front_when_a_stored_report_sized_the_plan_and_no_calibration_ignores_it(store):
+    w = int(store["doc"]["memory"]["weights_bytes"] * 0.9)
+    write_record(store, [observation(store["doc"], weights=w)])
+    r = cli(["explain", *H100_VLLM], env=store["env"])
+    assert r.returncode == 0, r.stderr
+    head = r.stdout.split("Decisions")[0]
+    assert "calibrated" in head and str(store["file"]) in head.replace("\n", "")
+    plain = cli(["explain", "--no-calibration", *H100_VLLM], env=store["env"])
+    assert "calibrated" not in plain.stdout and "memory_model: formula" in plain.stdout
+
+
+def test_concurrent_writers_lose_no_report(store):
+    code = ("import sys, json; from qwenplan.launch import calibration as c; "
+            "doc = json.loads(sys.stdin.read()); c.record(doc, {'weights_bytes': 35 << 30}, sys.argv[1])")
+    procs = [subprocess.Popen([sys.executable, "-c", code, f"writer-{i}"], stdin=subprocess.PIPE, text=True,
+                              env={**os.environ, **store["env"]}) for i in range(15)]
+    payload = json.dumps(store["doc"])
+    for p in procs:
+        p.stdin.write(payload)
+    for p in procs:                  # all released at once, as 15 runs finishing together
+        p.stdin.close()
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    kept = json.loads(store["file"].read_text())["observations"]
+    assert sorted(o["source"] for o in kept) == sorted(f"writer-{i}" for i in range(15))
+
+
+def test_calibration_clear_with_a_folder_named_json(store):
+    (store["dir"] / "trap.json").mkdir()
+    write_record(store)
+    r = cli(["calibration", "clear"], env=store["env"])
+    assert r.returncode == 0, r.stderr
+    assert "removed 1 file(s)" in r.stdout and "trap.json is a folder" in r.stderr
+    r = cli(["plan", *H100_VLLM], env=store["env"])
+    assert r.returncode == 0 and "trap.json is not a regular file; ignored" in r.stderr
+
+
+def fake_vllm_env(tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = ROOT / "tests" / "fake_engine.py"
+    exe = bindir / "vllm"
+    exe.write_text(f"#!{sys.executable}\nimport runpy, sys\nsys.argv[0]={str(fake)!r}\n"
+                   f"runpy.run_path({str(fake)!r}, run_name='__main__')\n")
+    exe.chmod(0o755)
+    snap = tmp_path / "hub" / "models--Qwen--Qwen3.6-35B-A3B-FP8" / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text((ROOT / "profiles/configs/qwen3.6-35b-a3b.json").read_text())
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text("a" * 40)
+    return {"PATH": f"{bindir}:{os.environ['PATH']}", "QWENPLAN_STATE_DIR": str(tmp_path / "state"),
+            "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "FAKE_ENGINE_WEIGHTS_GIB": "33.43",
+            **NVML_H100}
+
+
+def test_a_file_where_the_store_should_be_is_a_warning_after_a_successful_run(tmp_path):
+    env = fake_vllm_env(tmp_path)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "calibration").write_text("not a folder")
+    r = cli(["verify", *H100_VLLM, "--port", str(free_port())], env=env, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "was not stored" in r.stderr and "internal error" not in r.stderr
+
+
+@pytest.mark.parametrize("command", [["verify"], ["auto", "--yes"]])
+def test_auto_and_verify_refuse_gpus_this_box_does_not_have(tmp_path, command):
+    env = fake_vllm_env(tmp_path)                       # the probe sees one H100
+    line = one_line_error(cli([*command, "--gpu", "4090", "--port", str(free_port())], env=env, timeout=180))
+    assert "this box has NVIDIA H100" in line and "4090" in line
+    no_gpu = {k: v for k, v in env.items() if k != "PYTHONPATH"}   # this box as it is: no GPU
+    line = one_line_error(cli([*command, *H100_VLLM, "--port", str(free_port())], env=no_gpu, timeout=180))
+    assert "this box has no GPU" in line
+    assert not (tmp_path / "state" / "calibration").exists()          # nothing stored for GPUs not here

@@ -15,12 +15,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from qwenplan.launch import runner
+from qwenplan.launch import calibration, runner
 from qwenplan.launch.render import render
 from qwenplan.planner import hardware
 from qwenplan.planner.catalog import find_gpu
 from qwenplan.planner.decide import PlanOptions, make_plan
 from qwenplan.planner.errors import InputError
+from qwenplan.planner.whatif import what_if
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "hardware"
@@ -243,9 +244,6 @@ def test_a_thousand_gpus_are_refused_naming_the_largest_count(tmp_path):
 
 # --- items 6, 7 and issue 17 item 3: calibration that cannot be poisoned -----------------------
 
-from qwenplan.launch import calibration  # noqa: E402
-from qwenplan.planner.whatif import what_if  # noqa: E402
-
 H100_VLLM = ["--gpu", "H100", "--engine", "vllm", "--engine-version", "0.32.0"]
 NVML_H100 = {"PYTHONPATH": f"{ROOT / 'tests' / 'fakes' / 'nvml_here'}{os.pathsep}{ROOT}"}
 
@@ -413,3 +411,55 @@ def test_auto_and_verify_refuse_gpus_this_box_does_not_have(tmp_path, command):
     line = one_line_error(cli([*command, *H100_VLLM, "--port", str(free_port())], env=no_gpu, timeout=180))
     assert "this box has no GPU" in line
     assert not (tmp_path / "state" / "calibration").exists()          # nothing stored for GPUs not here
+
+
+# --- item 8: the profile cache is a cache, never a source of facts -----------------------------
+
+def cached_profiles(cache_home: Path) -> dict[str, Path]:
+    """{'gpus' | 'engines' | ...: its cache file}, found by what each holds."""
+    out = {}
+    for path in (cache_home / "qwenplan" / "profiles").glob("*.json"):
+        text = path.read_text()
+        data = json.loads(text.split("\n", 1)[-1])
+        out[next(iter(k for k in data if k != "schema"), "?")] = path
+    return out
+
+
+def test_an_edited_profile_cache_is_a_miss_not_a_source(tmp_path):
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    truth = cli(["plan", "--json", "--gpu", "H100"], env=env)
+    assert truth.returncode == 0, truth.stderr
+    gpus_file = cached_profiles(tmp_path / "cache")["gpus"]
+    head, body = gpus_file.read_text().split("\n", 1)
+    data = json.loads(body)
+    for g in data["gpus"]:
+        g["memory_mib"] = 800_000                   # an "838 GB" H100
+    gpus_file.write_text(head + "\n" + json.dumps(data))
+    again = cli(["plan", "--json", "--gpu", "H100"], env=env)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["settings"] == json.loads(truth.stdout)["settings"]
+    assert json.loads(again.stdout)["variant"]["id"] != "bf16"
+
+
+@pytest.mark.parametrize("content", ["{}", "null", "[]", '{"key": 1}\n{}', ""])
+def test_a_profile_cache_of_the_wrong_shape_is_a_miss(tmp_path, content):
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    assert cli(["plan", "--json", "--gpu", "H100"], env=env).returncode == 0
+    for path in cached_profiles(tmp_path / "cache").values():
+        path.write_text(content)
+    r = cli(["plan", "--json", "--gpu", "H100"], env=env)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_a_fifo_or_a_link_to_dev_zero_in_the_profile_cache_does_not_hang(tmp_path, kind):
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    assert cli(["plan", "--json", "--gpu", "H100"], env=env).returncode == 0
+    for path in cached_profiles(tmp_path / "cache").values():
+        path.unlink()
+        if kind == "fifo":
+            os.mkfifo(path)
+        else:
+            path.symlink_to("/dev/zero")
+    r = cli(["plan", "--json", "--gpu", "H100"], env=env, timeout=60)
+    assert r.returncode == 0, r.stderr

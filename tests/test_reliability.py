@@ -15,9 +15,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from qwenplan.launch import calibration, runner
 from qwenplan.launch.render import render
-from qwenplan.planner import hardware
+from qwenplan.planner import catalog, hardware
 from qwenplan.planner.catalog import find_gpu
 from qwenplan.planner.decide import PlanOptions, make_plan
 from qwenplan.planner.errors import InputError
@@ -463,3 +465,110 @@ def test_a_fifo_or_a_link_to_dev_zero_in_the_profile_cache_does_not_hang(tmp_pat
             path.symlink_to("/dev/zero")
     r = cli(["plan", "--json", "--gpu", "H100"], env=env, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+# --- the property tests: stores and caches written by anyone ---------------------------------
+
+JSON_LEAVES = st.one_of(st.none(), st.booleans(), st.integers(-(1 << 70), 1 << 70),
+                        st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12))
+JSON_VALUES = st.recursive(JSON_LEAVES, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                               st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+                           max_leaves=12)
+PATHS = [("reported", k) for k in ("weights_bytes", "activation_bytes", "non_torch_bytes", "cudagraph_bytes",
+                                   "cudagraph_estimate_bytes", "kv_cache_bytes", "kv_tokens", "engine", "extra")] + \
+        [("settings", k) for k in ("max_num_seqs", "max_num_batched_tokens", "enforce_eager", "speculative")] + \
+        [("predicted", "weights_bytes"), ("gpu", "memory_total_bytes"), ("date", None), ("reported", None),
+         ("settings", None), (None, None)]
+DOC = h100_doc()
+KEY = calibration.plan_key(DOC)
+
+
+@st.composite
+def calibration_files(draw):
+    """A record as verify writes it, with some of its values replaced by anything JSON can hold,
+    or no record at all."""
+    if draw(st.integers(0, 9)) == 0:
+        return json.dumps(draw(JSON_VALUES))
+    observations = []
+    for _ in range(draw(st.integers(1, 3))):
+        o = observation(DOC, weights=draw(st.integers(1 << 30, 60 << 30)))
+        for _ in range(draw(st.integers(0, 3))):
+            part, key = draw(st.sampled_from(PATHS))
+            value = draw(JSON_VALUES)
+            if part is None:
+                o = value
+                break
+            if key is None:
+                o[part] = value
+            elif isinstance(o.get(part), dict):
+                o[part][key] = value
+        observations.append(o)
+    return json.dumps({"schema": calibration.SCHEMA, "key": KEY, "observations": observations})
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(calibration_files(), st.sampled_from(["balanced", "throughput"]))
+def test_no_calibration_file_crashes_a_plan_or_plans_past_memory(text, goal):
+    import tempfile
+
+    old = os.environ.get("QWENPLAN_STATE_DIR")
+    with tempfile.TemporaryDirectory() as state:
+        os.environ["QWENPLAN_STATE_DIR"] = state
+        try:
+            calibration.store_dir().mkdir(parents=True)
+            (calibration.store_dir() / f"{KEY}.json").write_text(text)
+            found, problems = calibration.lookup_all()
+        finally:
+            os.environ.pop("QWENPLAN_STATE_DIR") if old is None else os.environ.update(QWENPLAN_STATE_DIR=old)
+    for obs in found.values():                      # what plans may use is physically possible
+        w = obs["reported"]["weights_bytes"]
+        assert isinstance(w, int) and 0 < w < obs["gpu"]["memory_total_bytes"]
+    assert all(isinstance(p, str) and "\n" not in p for p in problems)
+    p = make_plan(what_if(["H100"]), PlanOptions(engine="vllm", engine_version="0.32.0", goal=goal, measured=found))
+    if p.status == "ok":
+        for g in p.memory["gpus"]:
+            assert 0 < g["used_bytes"] <= g["budget_bytes"] <= g["total_bytes"]
+        kv = p.settings.get("kv_cache_memory_bytes")
+        assert kv is None or 0 <= kv <= p.memory["gpus"][0]["budget_bytes"]
+        render(p.to_dict())
+
+
+@st.composite
+def cache_files(draw, key: str, body: bytes):
+    """Anything in place of a profile's cache file, short of a forgery of its key and hash."""
+    kind = draw(st.integers(0, 3))
+    if kind == 0:
+        return draw(st.binary(max_size=300))
+    if kind == 1:
+        return json.dumps(draw(JSON_VALUES)).encode()
+    import hashlib
+
+    other = json.dumps(draw(JSON_VALUES)).encode()
+    if kind == 2:                                  # the right key, a body edited after hashing
+        head = {"key": key, "sha256": hashlib.sha256(body).hexdigest()}
+        return json.dumps(head).encode() + b"\n" + (other if other != body else b"{}")
+    head = {"key": draw(st.text(max_size=64)), "sha256": hashlib.sha256(other).hexdigest()}   # another key
+    return json.dumps(head).encode() + b"\n" + other
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["gpus.yaml", "engines.yaml", "goals.yaml", "memory.yaml"]), st.data())
+def test_a_profile_is_what_its_yaml_says_whatever_the_cache_holds(name, data):
+    import tempfile
+
+    text = catalog.profile_text(name)
+    truth = catalog._yaml_load(text)
+    old = os.environ.get("XDG_CACHE_HOME")
+    with tempfile.TemporaryDirectory() as cache_home:
+        os.environ["XDG_CACHE_HOME"] = cache_home
+        try:
+            path, key = catalog._parsed_cache(text)
+            path.parent.mkdir(parents=True)
+            path.write_bytes(data.draw(cache_files(key, json.dumps(truth).encode())))
+            catalog.load_profile.cache_clear()
+            assert catalog.load_profile(name) == truth
+            catalog.load_profile.cache_clear()
+            assert catalog.load_profile(name) == truth      # and the rewritten cache is read back right
+        finally:
+            catalog.load_profile.cache_clear()
+            os.environ.pop("XDG_CACHE_HOME") if old is None else os.environ.update(XDG_CACHE_HOME=old)

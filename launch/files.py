@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 
@@ -37,6 +36,8 @@ def read_regular(path: str | os.PathLike, limit: int) -> bytes:
 def write_atomic(path: str | os.PathLike, text: str, mode: int = 0o600) -> Path:
     """Replace `path` with `text` (temporary file, fsync, rename); the folder must exist.
     OSError (read-only folder, a file where the folder should be, a full disk) is the caller's."""
+    import tempfile   # only writers pay for it: reading a profile must stay quick
+
     p = Path(path)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:

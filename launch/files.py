@@ -36,7 +36,7 @@ def read_regular(path: str | os.PathLike, limit: int) -> bytes:
 def write_atomic(path: str | os.PathLike, text: str, mode: int = 0o600) -> Path:
     """Replace `path` with `text` (temporary file, fsync, rename); the folder must exist.
     OSError (read-only folder, a file where the folder should be, a full disk) is the caller's."""
-    import tempfile   # only writers pay for it: reading a profile must stay quick
+    import tempfile  # only writers pay for it: reading a profile must stay quick
 
     p = Path(path)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")

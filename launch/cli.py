@@ -235,7 +235,28 @@ def _plan_here(kw: dict, use_calibration: bool = True):
     hw = load_hardware(**{k: hw_kw.get(k) for k in ("hardware_file", "gpu_names", "gpu_count", "ram", "disk", "gpu_ids")})
     if use_calibration and not hw_kw.get("no_calibration"):
         plan_kw["measured"] = _measured()
-    return hw, build_plan(hw, plan_kw)
+    p = build_plan(hw, plan_kw)
+    if plan_kw.get("measured") and p.status == "ok":
+        _say_if_calibration_changed(p, build_plan(hw, dict(plan_kw, measured=None)), plan_kw["measured"])
+    return hw, p
+
+
+def _say_if_calibration_changed(p, formula, measured: dict) -> None:
+    """A stored engine report that changes the plan (its sizing, or the choice among candidates)
+    is a decision of its own, named with its files: never a silent switch."""
+    def what(plan):
+        return plan.status, plan.variant.get("id"), plan.engine.get("name"), plan.parallel, plan.settings
+    if what(p) == what(formula):
+        return
+    from qwenplan.planner.plan import Decision
+
+    gpus = {g.get("name") for g in p.memory.get("gpus") or []}
+    files = sorted({o["file"] for o in measured.values() if (o.get("gpu") or {}).get("name") in gpus | {None}})
+    before = (f"{formula.variant['id']} on {formula.engine['name']}, {formula.settings['max_model_len']:,} tokens, "
+              f"{formula.settings['max_num_seqs']} sequences" if formula.status == "ok" else "no plan fits")
+    p.decisions.append(Decision("calibration", "changed the plan", f"engine reports stored on this box changed "
+                                f"the plan; from the formula alone it would be: {before} (--no-calibration)",
+                                ", ".join(files) or "qwenplan calibration list"))
 
 
 @cli.command()

@@ -352,6 +352,20 @@ def test_explain_says_up_front_when_a_stored_report_sized_the_plan_and_no_calibr
     assert "calibrated" not in plain.stdout and "memory_model: formula" in plain.stdout
 
 
+def test_a_report_that_switches_the_checkpoint_is_named_in_the_summary(store):
+    """A trusted report (20 % under its prediction) for BF16 makes BF16 the plan instead of FP8."""
+    bf16 = make_plan(what_if(["H100"]), PlanOptions(engine="vllm", engine_version="0.32.0", variant="bf16")).to_dict()
+    path = store["dir"] / f"{calibration.plan_key(bf16)}.json"
+    path.write_text(json.dumps({"schema": calibration.SCHEMA, "key": calibration.plan_key(bf16), "observations": [
+        observation(bf16, weights=int(bf16["memory"]["weights_bytes"] * 0.8))]}))
+    r = cli(["explain", *H100_VLLM], env=store["env"])
+    assert r.returncode == 0, r.stderr
+    head = r.stdout.split("Decisions")[0].replace("\n", "")
+    assert "Plan (balanced): bf16" in head
+    assert "calibrated: engine reports stored on this box changed the plan" in head
+    assert "it would be: fp8" in head and str(path) in head
+
+
 def test_concurrent_writers_lose_no_report(store):
     code = ("import sys, json; from qwenplan.launch import calibration as c; "
             "doc = json.loads(sys.stdin.read()); c.record(doc, {'weights_bytes': 35 << 30}, sys.argv[1])")

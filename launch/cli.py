@@ -464,12 +464,17 @@ def _launch(p, *, retry: int, log_dir, dummy_model: str | None = None, smoke: bo
 
 
 def _log_dir(kind: str):
-    from pathlib import Path
     import time
 
     from qwenplan.launch.calibration import store_dir
 
-    return store_dir().parent / "runs" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = store_dir().parent / "runs" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:                               # before anything starts: a state folder we cannot write is bad input
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create the run log folder {path} ({e.strerror})",
+                         "set QWENPLAN_STATE_DIR (or XDG_STATE_HOME) to a folder you can write")
+    return path
 
 
 @cli.command()

@@ -418,6 +418,13 @@ def test_a_file_where_the_store_should_be_is_a_warning_after_a_successful_run(tm
     assert "was not stored" in r.stderr and "internal error" not in r.stderr
 
 
+def test_a_file_where_the_state_folder_should_be_is_one_line_before_anything_starts(tmp_path):
+    env = fake_vllm_env(tmp_path)
+    (tmp_path / "state").write_text("not a folder")
+    line = one_line_error(cli(["verify", *H100_VLLM, "--port", str(free_port())], env=env, timeout=180))
+    assert "cannot create the run log folder" in line and "QWENPLAN_STATE_DIR" in line
+
+
 @pytest.mark.parametrize("command", [["verify"], ["auto", "--yes"]])
 def test_auto_and_verify_refuse_gpus_this_box_does_not_have(tmp_path, command):
     env = fake_vllm_env(tmp_path)                       # the probe sees one H100

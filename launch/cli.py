@@ -113,6 +113,8 @@ def _plan_options(f):
                      help="Nodes of this hardware (pipeline parallel across them)."),
         click.option("--extra-arg", "extra_args", multiple=True, metavar="ARG",
                      help="Extra engine argument, checked against the engine version's flags; repeatable."),
+        click.option("--no-calibration", is_flag=True,
+                     help="Plan from the memory model alone, ignoring engine reports stored on this box."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -231,9 +233,30 @@ def _measured() -> dict:
 def _plan_here(kw: dict, use_calibration: bool = True):
     plan_kw, hw_kw = split_options(dict(kw))
     hw = load_hardware(**{k: hw_kw.get(k) for k in ("hardware_file", "gpu_names", "gpu_count", "ram", "disk", "gpu_ids")})
-    if use_calibration:
+    if use_calibration and not hw_kw.get("no_calibration"):
         plan_kw["measured"] = _measured()
-    return hw, build_plan(hw, plan_kw)
+    p = build_plan(hw, plan_kw)
+    if plan_kw.get("measured") and p.status == "ok":
+        _say_if_calibration_changed(p, build_plan(hw, dict(plan_kw, measured=None)), plan_kw["measured"])
+    return hw, p
+
+
+def _say_if_calibration_changed(p, formula, measured: dict) -> None:
+    """A stored engine report that changes the plan (its sizing, or the choice among candidates)
+    is a decision of its own, named with its files: never a silent switch."""
+    def what(plan):
+        return plan.status, plan.variant.get("id"), plan.engine.get("name"), plan.parallel, plan.settings
+    if what(p) == what(formula):
+        return
+    from qwenplan.planner.plan import Decision
+
+    gpus = {g.get("name") for g in p.memory.get("gpus") or []}
+    files = sorted({o["file"] for o in measured.values() if (o.get("gpu") or {}).get("name") in gpus | {None}})
+    before = (f"{formula.variant['id']} on {formula.engine['name']}, {formula.settings['max_model_len']:,} tokens, "
+              f"{formula.settings['max_num_seqs']} sequences" if formula.status == "ok" else "no plan fits")
+    p.decisions.append(Decision("calibration", "changed the plan", f"engine reports stored on this box changed "
+                                f"the plan; from the formula alone it would be: {before} (--no-calibration)",
+                                ", ".join(files) or "qwenplan calibration list"))
 
 
 @cli.command()
@@ -325,20 +348,29 @@ def calibration():
 def calibration_list():
     from qwenplan.launch import calibration as cal
 
-    found = _measured()
+    used = _measured()
+    found, _ = cal.records()
     if not found:
         click.echo(f"no engine reports stored yet ({cal.store_dir()})")
-    for key, obs in found.items():
-        r = obs.get("reported") or {}
-        click.echo(f"{key}: {obs['date']} ({obs.get('source')}): weights {r.get('weights_bytes')}, "
-                   f"KV {r.get('kv_cache_bytes')} B, {r.get('kv_tokens')} tokens")
+    for path, d in found:
+        obs = d["observations"][-1]
+        r = obs["reported"]
+        u = used.get(d["key"])
+        mark = ("held back" if u is None else "used by plans" if dict(u, file=None) == dict(obs, file=None)
+                else "an earlier report is used")
+        click.echo(f"{d['key']}: {obs['date']} ({obs['source']}): weights {r.get('weights_bytes')}, "
+                   f"KV {r.get('kv_cache_bytes')} B, {r.get('kv_tokens')} tokens ({len(d['observations'])} "
+                   f"report(s); {mark})")
 
 
 @calibration.command("clear")
 def calibration_clear():
     from qwenplan.launch import calibration as cal
 
-    click.echo(f"removed {cal.clear()} file(s) from {cal.store_dir()}")
+    n, left = cal.clear()
+    click.echo(f"removed {n} file(s) from {cal.store_dir()}")
+    for line in left:
+        click.echo(f"qwenplan: warning: {line}", err=True)
 
 
 def _report(plan_doc: dict, lines: list[str], source: str) -> None:
@@ -366,8 +398,37 @@ def _report(plan_doc: dict, lines: list[str], source: str) -> None:
     for line in cal.compare(m, rep):
         click.echo(f"qwenplan: warning: large miss: {line}", err=True)
     if rep.get("weights_bytes"):
-        path = cal.record(plan_doc, rep, source)
-        click.echo(f"stored in {path}")
+        try:
+            path = cal.record(plan_doc, rep, source)
+        except OSError as e:   # the engine is up: a store that cannot be written is no reason to fail
+            click.echo(f"qwenplan: warning: the engine report was not stored in {cal.store_dir()} "
+                       f"({e.strerror or type(e).__name__}); later plans use the formula", err=True)
+        else:
+            click.echo(f"stored in {path}")
+
+
+def _require_this_box(kw: dict, hw) -> None:
+    """auto and verify run on this box: GPUs only named (--gpu, --hardware) must be GPUs it has,
+    or the engine would start on other hardware and its report be stored under a GPU not here."""
+    if not (kw.get("hardware_file") or kw.get("gpu_names")):
+        return
+    from collections import Counter
+
+    from qwenplan.planner import probe
+    from qwenplan.planner.catalog import find_gpu, normalize_gpu_name
+
+    def kind(g):
+        profile = find_gpu(g.name, g.memory_total_bytes)
+        return profile.id if profile else normalize_gpu_name(g.name)
+
+    here = probe.probe()
+    want, have = Counter(map(kind, hw.gpus)), Counter(map(kind, here.gpus))
+    if not want or any(have[k] < n for k, n in want.items()):
+        seen = ", ".join(g.name for g in here.gpus) or "no GPU"
+        named = ", ".join(g.name for g in hw.gpus) or "no GPU"
+        raise InputError(f"this box has {seen}, not the {named} named by --gpu/--hardware",
+                         "run it without --gpu/--hardware to use this box's GPUs; `qwenplan plan` and `export` "
+                         "plan for other hardware")
 
 
 def _launch(p, *, retry: int, log_dir, dummy_model: str | None = None, smoke: bool = True, keep: bool = True):
@@ -403,12 +464,17 @@ def _launch(p, *, retry: int, log_dir, dummy_model: str | None = None, smoke: bo
 
 
 def _log_dir(kind: str):
-    from pathlib import Path
     import time
 
     from qwenplan.launch.calibration import store_dir
 
-    return store_dir().parent / "runs" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = store_dir().parent / "runs" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:                               # before anything starts: a state folder we cannot write is bad input
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create the run log folder {path} ({e.strerror})",
+                         "set QWENPLAN_STATE_DIR (or XDG_STATE_HOME) to a folder you can write")
+    return path
 
 
 @cli.command()
@@ -431,6 +497,7 @@ def auto(dry_run, yes, retry, verify_first, **kw):
     click.echo(doc["command"]["shell"])
     if dry_run:
         return
+    _require_this_box(kw, hw)
     if doc["settings"]["host"] not in ("127.0.0.1", "localhost", "::1") and not any(
             os.environ.get(n) for n in doc["command"]["secret_env"][1:] + [a["env"] for a in doc["command"]["secret_args"]]):
         click.echo(f"qwenplan: warning: serving on {doc['settings']['host']} without an API key", err=True)
@@ -496,9 +563,10 @@ def _verify(p, retry: int = 0):
 def verify(retry, **kw):
     """Before downloading tens of GB: start the engine on the plan with dummy weights (config.json
     only), read its memory report, store it for later plans, stop it."""
-    _, p = _plan_here(kw)
+    hw, p = _plan_here(kw)
     if p.status != "ok":
         raise click.exceptions.Exit(3)
+    _require_this_box(kw, hw)
     _verify(p, retry=retry)
 
 

@@ -23,6 +23,16 @@ ORDER = ("served_model_name", "host", "port", "tensor_parallel", "pipeline_paral
          "tool_call_parser", "chat_template_kwargs", "load_format", "skip_tokenizer_init", "gdn_prefill_backend")
 
 
+# qwenplan's own option for a planned setting, named when an --extra-arg tries to set it.
+OPTION_FOR = {"served_model_name": "--served-name", "host": "--host", "port": "--port",
+              "tensor_parallel": "--gpu-ids (or --gpus)", "data_parallel": "--gpu-ids (or --gpus)",
+              "pipeline_parallel": "--nodes", "max_model_len": "--context", "max_num_seqs": "--concurrency",
+              "kv_cache_dtype": "--kv-dtype", "speculative": "--mtp / --no-mtp", "disable_vision": "--vision"}
+# Options whose value is a credential: keys come from the environment or an env file only, so
+# they never sit in a plan, a unit file, a process list or the shell history.
+SECRET_FLAGS = ("--api-key", "--admin-api-key", "--hf-token")
+
+
 class RenderError(InputError):
     pass
 
@@ -53,6 +63,64 @@ def spell(engine_id: str, version: str, key: str, value: Any, settings: dict) ->
     if isinstance(value, (str, int, float, bool)):
         value = (e.get("values") or {}).get(value, value)
     return [_fill(t, value, settings) for t in e["argv"]]
+
+
+def _flag_name(arg: str) -> str:
+    """'--max_model_len=5' -> '--max-model-len' (the engines' parsers take either spelling)."""
+    flag = arg.partition("=")[0]
+    return "--" + flag[2:].replace("_", "-") if flag.startswith("--") else flag
+
+
+def planned_flags(engine_id: str, version: str, settings: dict) -> dict[str, str]:
+    """{flag: setting} for every flag that spells a setting this plan decides, in this version:
+    the rendered spelling, the parser's aliases for it and its --no- form (rendered or left at
+    the engine's default, the setting is the plan's), plus the flags of the plan's workarounds."""
+    engine = get_engine(engine_id)
+    out: dict[str, str] = {}
+    for key in ORDER:
+        if key not in settings:
+            continue
+        e = pick(engine.arg_spellings(key) or [], version)
+        for token in (e["argv"] + list(e.get("aliases") or ())) if e else ():
+            if token.startswith("-") and not token.startswith("-{"):
+                flag = _flag_name(token)
+                out[flag] = key
+                if flag.startswith("--"):
+                    out["--no-" + flag[2:]] = key
+    for token in settings.get("extra_args") or ():
+        if token.startswith("-"):
+            out.setdefault(_flag_name(token), "workaround")
+    return out
+
+
+def check_extra_args(engine_id: str, version: str, settings: dict, extra_args) -> None:
+    """Refuse an --extra-arg that carries a credential or sets what the plan already sets: the
+    engine's parser takes the last value, so it would silently override the plan (and what the
+    plan says about exposure and memory would no longer be true)."""
+    planned = planned_flags(engine_id, version, settings)
+    engine = get_engine(engine_id)
+    key_env = engine.raw.get("api_key_env") or engine.raw.get("api_key_flag_env") or "the API key variable"
+    for arg in extra_args:
+        if not arg.startswith("-"):
+            continue
+        flag = _flag_name(arg)
+        if flag in SECRET_FLAGS:
+            raise RenderError(f"--extra-arg {flag} would write a credential into the plan, exported files and the "
+                              "process list", f"set {key_env if flag != '--hf-token' else 'HF_TOKEN'} in the "
+                              "environment (or the export's --env-file) instead")
+        setting = planned.get(flag)
+        if setting is None:
+            continue
+        value = settings.get(setting)
+        shown = ("the engine's default" if value is None else
+                 json.dumps(value) if isinstance(value, (dict, list, bool)) else str(value))
+        what = (f"the plan's {setting} ({shown})" if setting != "workaround"
+                else "a workaround the plan applies (see `qwenplan explain`)")
+        own = OPTION_FOR.get(setting)
+        fix = (f"use qwenplan's {own} instead, so the plan is made for it" if own else
+               "qwenplan sizes this from its memory model; drop the extra arg (or pass --variant, --context, "
+               "--concurrency to change the plan)")
+        raise RenderError(f"--extra-arg {arg} would override {what}", fix)
 
 
 def check_flags(engine_id: str, version: str, args: list[str]) -> str | None:
@@ -88,6 +156,7 @@ def render(plan: dict, extra_args: tuple[str, ...] = ()) -> dict:
     for key in ORDER:
         args += spell(engine.id, version, key, settings.get(key), settings)
     args += list(settings.get("extra_args") or ())
+    check_extra_args(engine.id, version, settings, extra_args)
     args += list(extra_args)
     checked = check_flags(engine.id, version, args)
     env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"} if plan["parallel"].get("gpu_ids") else {}

@@ -177,7 +177,7 @@ class Smoke:
 class LaunchResult:
     ok: bool
     stage: str                       # the last stage reached (STAGES)
-    failure: str | None              # exited | timeout | smoke | wrong-model | unauthorized | interrupted
+    failure: str | None              # exited | timeout | smoke | wrong-model | unauthorized | squatted | interrupted
     message: str                     # one line for people
     exit_code: int | None
     timings: dict[str, float]        # stage -> seconds after spawn
@@ -426,6 +426,40 @@ def _request(host: str, port: int, method: str, path: str, *, headers=None, body
         conn.close()
 
 
+def squatter(engine: Engine, port: int) -> str | None:
+    """None when the listener on `port` is the engine (its process or one it spawned); else who it is.
+
+    While the engine loads (minutes), any local process may bind the planned port first; it must
+    not get the API key, nor be reported as the engine being ready."""
+    import psutil
+
+    ours = {engine.pid}
+    try:
+        ours |= {c.pid for c in psutil.Process(engine.pid).children(recursive=True)}
+    except psutil.Error:
+        pass
+    try:
+        pids = {c.pid for c in psutil.net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port}
+    except psutil.Error as e:
+        return f"a listener qwenplan cannot identify ({type(e).__name__})"
+    for pid in pids:
+        try:
+            if pid in ours or (pid is not None and os.getpgid(pid) == engine.pid):
+                return None
+        except OSError:
+            continue
+    if not pids:
+        return "a listener qwenplan cannot see"
+    names = []
+    for pid in pids:
+        try:
+            names.append(f"pid {pid} ({psutil.Process(pid).name()})" if pid else "another user's process")
+        except psutil.Error:
+            names.append(f"pid {pid}")
+    return ", ".join(sorted(names))
+
+
 def _auth(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
@@ -519,6 +553,12 @@ def wait_ready(engine: Engine, *, host: str, port: int, served_name: str, api_ke
             if stage == "alive":
                 code, _ = _request(target, port, "GET", "/health", timeout=2.0)
                 if code == 200:
+                    other = squatter(engine, port)     # before the first request that carries the key
+                    if other:
+                        failure = "squatted"
+                        message = (f"port {port} is answered by {other}, not the engine; the API key was not sent "
+                                   f"(stop that process or pass another --port)")
+                        break
                     reach("health")
             if stage == "health":
                 code, data = _request(target, port, "GET", "/v1/models", headers=auth, timeout=5.0)

@@ -125,6 +125,10 @@ def show_plan(plan, brief: bool = False) -> None:
     c.print(f"[bold]Plan[/bold] ({plan.goal}): {plan.variant['id']} ({plan.variant['repo']}) on "
             f"{plan.engine['name']} {plan.engine['version']}, TP {plan.parallel['tensor']} x DP "
             f"{plan.parallel['data']}, {s['max_model_len']:,} tokens, {s['max_num_seqs']} sequences")
+    changed = next((d for d in plan.decisions if d.key == "calibration"), None)
+    if changed is not None:
+        # a stored engine report changed the plan: say so up front, with the files to inspect
+        c.print(f"calibrated: {changed.reason}; reports: {changed.source}", soft_wrap=True, markup=False)
     if not brief:
         c.print()
         c.print("[bold]Decisions[/bold]")

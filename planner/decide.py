@@ -755,7 +755,7 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
         D(Decision("memory_model", f"measured on this box on {o.measured['date']}",
                    f"weights, activation and graph memory as {eng.name} {c.version} reported them for this GPU, variant, "
                    f"KV dtype and TP ({o.measured.get('source')}), in place of the formula",
-                   "qwenplan calibration list"))
+                   o.measured.get("file") or "qwenplan calibration list"))
         if eng.arg_spellings("kv_cache_memory_bytes"):
             # With a measured reserve the exact KV bytes are known: let vLLM take exactly those.
             settings["kv_cache_memory_bytes"] = max(0, s.cache_bytes)

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from .catalog import require_gpu
 from .errors import InputError
-from .hardware import ASSUMED_RESERVED_BYTES, GPU, Hardware, Host
+from .hardware import ASSUMED_RESERVED_BYTES, GPU, MAX_GPUS, Hardware, Host
 
 
 def what_if(names: list[str], count: int | None = None, ram: int | None = None,
             disk: int | None = None) -> Hardware:
     if count is not None and count < 1:
         raise InputError(f"--gpus {count} is not a GPU count", "give 1 or more")
+    if max(count or 0, len(names)) > MAX_GPUS:
+        raise InputError(f"--gpus {max(count or 0, len(names))} is more than one node holds",
+                         f"qwenplan plans at most {MAX_GPUS} GPUs a node; give one node's GPUs and --nodes for more")
     if len(names) > 1 and count not in (None, len(names)):
         raise InputError(f"--gpus {count} does not match the {len(names)} --gpu names given",
                          "use --gpus with a single --gpu, or list each GPU with its own --gpu")

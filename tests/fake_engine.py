@@ -13,6 +13,7 @@ no-cache-blocks, mamba-blocks, mtp-keyerror, marlin, unsupported-arch, crash (ex
 known signature), hang (never healthy). And fit: honours the memory the argv asks for — fails
 as kv-too-small when --max-model-len exceeds FAKE_ENGINE_FIT_LEN (169184), as mamba-blocks when
 --max-num-seqs exceeds FAKE_ENGINE_MAMBA_BLOCKS (135), serves otherwise — for retry loops.
+FAKE_ENGINE_WEIGHTS_GIB sets the weights it reports loading (default 18.09).
 FAKE_ENGINE_IGNORE_SIGTERM=1 makes the API server ignore SIGTERM and SIGINT, and its EngineCore
 SIGTERM (a stuck shutdown).
 """
@@ -198,7 +199,8 @@ def main() -> None:
         stop = signal.SIG_IGN  # noqa: F811 — only SIGKILL ends it now
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log("Model loading took 18.09 GiB memory and 12.5 seconds", "EngineCore")
+    weights = os.environ.get("FAKE_ENGINE_WEIGHTS_GIB", "18.09")   # what the checkpoint took
+    log(f"Model loading took {weights} GiB memory and 12.5 seconds", "EngineCore")
     log("Setting attention block size to 1072 tokens to ensure that attention page size is >= mamba page size.", "EngineCore")
     failure = FAILURES.get(MODE)
     if MODE == "fit":

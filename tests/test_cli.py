@@ -93,7 +93,9 @@ def fake_vllm(tmp_path, monkeypatch):
     exe.write_text(f"#!{sys.executable}\nimport runpy, sys\nsys.argv[0]={str(FAKE)!r}\nrunpy.run_path({str(FAKE)!r}, run_name='__main__')\n")
     exe.chmod(0o755)
     return {"PATH": f"{bindir}:{os.environ['PATH']}", "QWENPLAN_STATE_DIR": str(tmp_path / "state"),
-            "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+            "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
+            # auto and verify run only on GPUs the box has: the probe replays a recorded H100
+            "PYTHONPATH": f"{ROOT / 'tests' / 'fakes' / 'nvml_here'}{os.pathsep}{ROOT}"}
 
 
 def test_auto_dry_run_does_nothing(fake_vllm, tmp_path):
@@ -123,7 +125,7 @@ def test_verify_serves_dummy_weights_reports_and_stores(fake_vllm, tmp_path):
     (refs / "main").write_text("a" * 40)
     port = free_port()
     r = run(["verify", "--gpu", "H100", "--engine", "vllm", "--engine-version", "0.32.0", "--port", str(port)],
-            env={**fake_vllm, "FAKE_ENGINE_MODE": "ok"})
+            env={**fake_vllm, "FAKE_ENGINE_MODE": "ok", "FAKE_ENGINE_WEIGHTS_GIB": "33.43"})
     assert r.returncode == 0, r.stdout + r.stderr
     assert "predicted / reported" in r.stdout
     listed = run(["calibration", "list"], env=fake_vllm)

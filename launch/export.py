@@ -78,7 +78,7 @@ from pathlib import Path
 from typing import Any, Union
 
 import yaml
-
+from qwenplan.launch.safe_text import CONTROL, printable
 from qwenplan.planner.errors import InfeasibleError, InputError
 from qwenplan.planner.flags import flag_set
 
@@ -101,8 +101,6 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # --- user strings: refused when they cannot be written safely ----------------------------------
 
-# C0, DEL, C1 (CSI/OSC as one byte) and the Unicode line/paragraph separators
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 MAX_OPTION_CHARS = 1024      # a path, a name, an address, an image reference
 MAX_ARG_CHARS = 32 * 1024    # one engine argument; systemd refuses unit lines over 1 MiB (LONG_LINE_MAX)
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -113,18 +111,10 @@ _SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/
 _SYSTEM_FOLDERS = ("/", "/home", "/media", "/mnt", "/opt", "/root", "/srv", "/tmp", "/var", "/var/lib")
 
 
-def printable(text: Any) -> str:
-    """Text with its control characters shown as \\xNN: for comments, descriptions and terminals."""
-    def esc(m: re.Match) -> str:
-        c = ord(m.group())
-        return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
-    return _CONTROL.sub(esc, str(text))
-
-
 def _user(value: Any, option: str, limit: int = MAX_OPTION_CHARS) -> str:
     """A user-given option value: no control characters, a bounded length."""
     s = str(value)
-    m = _CONTROL.search(s)
+    m = CONTROL.search(s)
     if m:
         raise InputError(f"{option} contains a control character ({printable(m.group())})",
                          f"give {option} as plain text")
@@ -198,9 +188,9 @@ def _absolute_plain_path(path: str, option: str) -> str:
     if not path.startswith("/"):
         raise InputError(f"{option} {path!r} is not an absolute path (systemd would ignore it)",
                          "give it as /path/to/qwen.env")
-    if path.endswith("\\"):
-        raise InputError(f"{option} {path!r} ends with a backslash (systemd would join the next line)",
-                         "give a plain path")
+    if "\\" in path:
+        raise InputError(f"{option} {path!r} contains a backslash (systemd would read an escape, or at the "
+                         "end join the next line)", "give a plain path")
     return path
 
 
@@ -575,9 +565,22 @@ def engine_image(plan: Any, image: str | None = None) -> str:
     return _image(v, image)
 
 
+# distribution/reference's grammar (github.com/distribution/reference, reference.go): the images
+# docker, containerd and the kubelet pull
+_IMAGE_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*" \
+                r"|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+_IMAGE_REF = re.compile(rf"(?:{_IMAGE_DOMAIN}/)?{_IMAGE_PATH}(?:/{_IMAGE_PATH})*(?::[\w][\w.-]{{0,127}})?"
+                        r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
+
+
 def _image(v: _View, image: str | None) -> str:
     if image is not None:
-        return _no_space(_user(image, "--image"), "--image", "an image reference")
+        _user(image, "--image")
+        if len(image) > 255 or not _IMAGE_REF.fullmatch(image):
+            raise InputError(f"--image {printable(image)!r} is not an image reference",
+                             "give one like registry.example/team/vllm-offload:0.19.1 (lower-case name, optional tag)")
+        return image
     if v.image:
         return v.image
     if v.engine == "vllm":
@@ -655,6 +658,8 @@ class _Dumper(yaml.SafeDumper):
 def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
     if _YAML12_NOT_STR.match(data):
         return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="'")
+    if CONTROL.search(data):       # double quotes escape them all (\e, \x9b, \L, ...): no raw ones
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style='"')
     return yaml.SafeDumper.represent_str(dumper, data)
 
 
@@ -713,8 +718,8 @@ def render_script(plan: Any, *, venv: str | None = None, env_file: str | None = 
     script for every node: QWENPLAN_NODE_RANK (0 = head) and QWENPLAN_HEAD_ADDR choose the role.
     """
     v = _view(plan)
-    if venv is not None:
-        _user(venv, "--venv")
+    if venv is not None and ":" in _user(venv, "--venv"):
+        raise InputError(f"--venv {venv!r} contains ':', which PATH cannot hold", "give a path without ':'")
     out = ["#!/usr/bin/env bash"]
     head = [f"qwenplan: {v.title}",
             f"GPUs: {_gpu_summary(v)}"]
@@ -731,7 +736,8 @@ def render_script(plan: Any, *, venv: str | None = None, env_file: str | None = 
     out.append("")
     # the default is its own assignment: inside "${VAR:-...}" bash still pairs single quotes
     default = _sh_path(_user(env_file, "--env-file")) if env_file else '"$HOME/.config/qwenplan/qwen.env"'
-    out.append(f'QWENPLAN_ENV_FILE="${{QWENPLAN_ENV_FILE:-}}"')
+    out.append('QWENPLAN_ENV_FILE="${QWENPLAN_ENV_FILE:-}"')
+    out += _sc2016([env_file] if env_file else [], "")
     out.append(f'[ -n "$QWENPLAN_ENV_FILE" ] || QWENPLAN_ENV_FILE={default}')
     # read NAME=value lines (the format systemd's EnvironmentFile= and compose's env_file: read too)
     # rather than sourcing the file: a value with spaces or `$` stays data, never code
@@ -754,6 +760,7 @@ def render_script(plan: Any, *, venv: str | None = None, env_file: str | None = 
     for k, val in env.items():
         out.append(f"export {k}={shlex.quote(val)}")
     if venv:
+        out += _sc2016([venv], "")
         out.append(f"export PATH={shlex.quote(str(Path(venv) / 'bin'))}:\"$PATH\"")
     if env or venv:
         out.append("")
@@ -809,9 +816,15 @@ def _sh_node(n: NodeLaunch, v: _View) -> list[str]:
 
 
 def _sc2016(argv: list[Word], indent: str) -> list[str]:
-    """shellcheck flags `$` in single quotes as a likely mistake; here it is a literal argument."""
+    """shellcheck flags `$` (SC2016) or a backslash (SC1003) in single quotes as a likely mistake;
+    here they are literal text, on purpose."""
+    codes = []
     if any(isinstance(w, str) and ("$" in w or "`" in w) for w in argv):
-        return [indent + "# shellcheck disable=SC2016  # a literal $ or ` in an argument, on purpose"]
+        codes.append("SC2016")
+    if any(isinstance(w, str) and "\\" in w for w in argv):
+        codes.append("SC1003")
+    if codes:
+        return [indent + f"# shellcheck disable={','.join(codes)}  # literal $, ` or \\ in single quotes, on purpose"]
     return []
 
 
@@ -843,6 +856,8 @@ def _sd_quote(s: str) -> str:
             out.append("\\t")
         elif ord(ch) < 0x20 or ord(ch) == 0x7F:
             out.append(f"\\x{ord(ch):02x}")
+        elif CONTROL.match(ch):          # C1 and U+2028/9: systemd's \u escape (cunescape)
+            out.append(f"\\u{ord(ch):04x}")
         else:
             out.append(ch)
     return '"' + "".join(out) + '"'
@@ -861,13 +876,19 @@ def _sd_exec_word(w: Word) -> str:
 
 
 def _sd_exec_line(key: str, argv: list[Word]) -> str:
-    """One command; backslash-newline continuations (systemd joins them with a space)."""
-    return " \\\n".join(("    " if i else f"{key}=") + " ".join(_sd_exec_word(w) for w in g)
-                          for i, g in enumerate(_groups(argv)))
+    """One command; backslash-newline continuations (systemd joins them with a space). The program's
+    path gets no `$` expansion from systemd (only the arguments do), so only its `%` is escaped."""
+    prog = argv[0]
+    first = _sd_quote(_sd_pct(prog)) if isinstance(prog, str) else _sd_exec_word(prog)
+    return " \\\n".join(("    " if i else f"{key}=") + " ".join(
+        first if i == j == 0 else _sd_exec_word(w) for j, w in enumerate(g)) for i, g in enumerate(_groups(argv)))
 
 
 def _venv_path(venv: str | None) -> Path:
     venv_path = Path(_user(venv, "--venv") if venv is not None else sys.prefix).expanduser()
+    if re.search(r"[\\'\"]", str(venv_path)):      # systemd: "Executable name contains special characters"
+        raise InputError(f"the virtual environment {venv!r} has a quote or backslash in its path, which systemd "
+                         "refuses in a program's path", "give a plain path")
     if not venv_path.is_absolute():
         raise InputError(f"the virtual environment {venv!r} is not an absolute path", "give it as /path/to/venv")
     return venv_path

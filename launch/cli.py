@@ -331,12 +331,26 @@ def export(kind, output, force, venv, user_unit, run_as_user, env_file, image, n
                "k8s": dict(image=image, namespace=namespace, backend=backend, hf_cache=hf_cache,
                            storage_size=storage_size, storage_class=storage_class, secret_name=secret_name),
                "script": dict(venv=venv, env_file=env_file, backend=backend)}[kind]
-    text = exp.render(kind, p.to_dict(), **options)
-    if output:
-        path = exp.write_atomic(output, text, force, mode=exp.file_mode(kind))
-        click.echo(f"wrote {path}", err=True)
-    else:
+    plan = p.to_dict()
+    text = exp.render(kind, plan, **options)
+    if kind == "systemd":
+        prog = exp.systemd_program(plan, venv)
+        if prog and not os.access(prog, os.X_OK):
+            click.echo(f"qwenplan: warning: the unit runs {prog}, which is not here"
+                       + ("" if venv else ": pass --venv with the engine's virtual environment"), err=True)
+    if not output:
         click.echo(text, nl=False)
+        return
+    path = exp.write_atomic(output, text, force, mode=exp.file_mode(kind))
+    click.echo(f"wrote {path}", err=True)
+    if kind in ("compose", "systemd"):
+        # the secrets file the export reads: names only, mode 600, never overwritten
+        given = env_file if kind == "compose" else None
+        env_path = path.parent / (given or exp.ENV_FILE_NAME)
+        if exp.write_env_file(env_path, plan):
+            click.echo(f"wrote {env_path} (mode 600, names only): fill in the values", err=True)
+            if kind == "systemd":
+                click.echo("then install it where the unit reads it (see the unit's header)", err=True)
 
 
 @cli.group()

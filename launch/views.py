@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-from rich.console import Console
-from rich.table import Table
-from rich import box
-
+from qwenplan.launch.safe_text import printable
 from qwenplan.planner.units import gib
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+
+class _Console(Console):
+    """Control characters in printed text (a GPU name, a note from a hardware document) are shown
+    as \\xNN, never sent to the terminal."""
+
+    def print(self, *objects, **kw):
+        super().print(*(printable(o) if isinstance(o, str) else o for o in objects), **kw)
 
 
 def console() -> Console:
     # rich honours NO_COLOR and TERM=dumb itself; a pipe gets plain text at 80 columns.
-    return Console(highlight=False, soft_wrap=False)
+    return _Console(highlight=False, soft_wrap=False)
 
 
 def _table(title: str | None = None) -> Table:
@@ -23,7 +32,7 @@ def hardware_table(hw) -> Table:
     for col in ("#", "name", "memory", "free", "cc", "links"):
         t.add_column(col, overflow="fold")
     for g in hw.gpus:
-        name = g.name.replace("NVIDIA ", "", 1)
+        name = escape(printable(g.name.replace("NVIDIA ", "", 1)))   # text, not rich markup
         links = "NVLink " + ",".join(map(str, g.nvlink_peers)) if g.nvlink_peers else ("MIG" if g.mig else "-")
         t.add_row(str(g.index), name, gib(g.memory_total_bytes, 1), gib(g.memory_free_bytes, 1),
                   g.compute_capability or "?", links)

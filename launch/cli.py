@@ -128,6 +128,24 @@ def split_options(kw: dict) -> tuple[dict, dict]:
     return plan_kw, kw
 
 
+def engine_for_version(hw, engine: str, version: str | None) -> str:
+    """`--engine-version X` without `--engine`: the one engine that has release X, else the one
+    installed here; refused when that still leaves a choice."""
+    if engine != "auto" or not version:
+        return engine
+    from qwenplan.planner.engines import engines
+
+    known = [e.id for e in engines().values() if version in e.versions]
+    if len(known) == 1:
+        return known[0]
+    installed = [k for k, v in (hw.engines or {}).items() if v and (k in known or not known)]
+    if len(installed) == 1:
+        return installed[0]
+    which = known or list(engines())
+    raise InputError(f"--engine-version needs --engine: {version} could be {' or '.join(which)}",
+                     f"say which, e.g. --engine {which[0]} --engine-version {version}")
+
+
 def build_plan(hw, plan_kw: dict):
     """Hardware + options -> a rendered Plan (command filled in when feasible)."""
     from qwenplan.launch.render import with_command
@@ -136,8 +154,9 @@ def build_plan(hw, plan_kw: dict):
     if plan_kw.get("no_mtp") and plan_kw.get("force_mtp"):
         raise InputError("--mtp and --no-mtp contradict each other", "give one of them")
     mtp = False if plan_kw.get("no_mtp") else (True if plan_kw.get("force_mtp") else None)
+    engine = engine_for_version(hw, plan_kw.get("engine", "auto"), plan_kw.get("engine_version"))
     opts = PlanOptions(model=plan_kw.get("model"), goal=plan_kw.get("goal", "balanced"),
-                       engine=plan_kw.get("engine", "auto"), engine_version=plan_kw.get("engine_version"),
+                       engine=engine, engine_version=plan_kw.get("engine_version"),
                        variant=plan_kw.get("variant"), context=plan_kw.get("context"),
                        concurrency=plan_kw.get("concurrency"), kv_dtype=plan_kw.get("kv_dtype"), mtp=mtp,
                        vision=bool(plan_kw.get("vision")), host=plan_kw.get("host", "127.0.0.1"),
@@ -383,14 +402,16 @@ def _launch(p, *, retry: int, log_dir, dummy_model: str | None = None, smoke: bo
         if name != "HF_TOKEN" and os.environ.get(name):
             api_key = os.environ[name]
 
+    user_args = tuple(doc["command"].get("extra_args") or ())   # --extra-arg, on every attempt
+
     def make_command(settings):
         d = copy.deepcopy(doc)
         d["settings"] = settings
-        extra = []
         if dummy_model:
+            # config.json alone: no weights, no tokenizer (render leaves out what needs one)
             d["settings"] = dict(settings, model=dummy_model, load_format="dummy", skip_tokenizer_init=True)
-        cmd = render(d)
-        argv = cmd["argv"] + extra
+        cmd = render(d, user_args)
+        argv = list(cmd["argv"])
         for a in cmd.get("secret_args", []):
             if os.environ.get(a["env"]):
                 argv += [a["flag"], os.environ[a["env"]]]

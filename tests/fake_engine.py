@@ -13,7 +13,8 @@ no-cache-blocks, mamba-blocks, mtp-keyerror, marlin, unsupported-arch, crash (ex
 known signature), hang (never healthy). And fit: honours the memory the argv asks for — fails
 as kv-too-small when --max-model-len exceeds FAKE_ENGINE_FIT_LEN (169184), as mamba-blocks when
 --max-num-seqs exceeds FAKE_ENGINE_MAMBA_BLOCKS (135), serves otherwise — for retry loops.
-FAKE_ENGINE_IGNORE_SIGTERM=1 makes the API server ignore SIGTERM and SIGINT, and its EngineCore
+As vLLM 0.26 does, it stops at start when --skip-tokenizer-init comes with a reasoning or
+tool-call parser. FAKE_ENGINE_IGNORE_SIGTERM=1 makes the API server ignore SIGTERM and SIGINT, and its EngineCore
 SIGTERM (a stuck shutdown).
 """
 
@@ -217,6 +218,14 @@ def main() -> None:
     log("Available KV cache memory: 2.05 GiB", "EngineCore")
     log("GPU KV cache size: 131,072 tokens", "EngineCore")
     log(f"Maximum concurrency for {Handler.max_len:,} tokens per request: 2.00x", "EngineCore")
+    if engine == "vllm" and opts.get("--skip-tokenizer-init") and (
+            opts.get("--reasoning-parser") or opts.get("--tool-call-parser")):
+        # vLLM 0.26 builds the parsers on the tokenizer's vocabulary when the API server starts
+        print(f"(APIServer pid={os.getpid()}) ERROR Traceback (most recent call last):", flush=True)
+        print(f"(APIServer pid={os.getpid()}) ERROR AttributeError: 'NoneType' object has no attribute 'get_vocab'",
+              flush=True)
+        core.terminate()
+        sys.exit(1)
     server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     log(f"Starting vLLM server on http://{host}:{port}")

@@ -1,0 +1,111 @@
+"""The first hour of a new user (issue 17): verify with a real-shaped vLLM, `auto` in the
+foreground, a one-screen explain, and every bad input one line with the right exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE = ROOT / "tests" / "fake_engine.py"
+CONFIG = ROOT / "profiles" / "configs" / "qwen3.6-35b-a3b.json"
+
+
+def run(args, env=None, input=None, timeout=120):
+    e = {**os.environ, "NO_COLOR": "1", "COLUMNS": "80", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "qwenplan.launch.cli", *args], capture_output=True, text=True,
+                          env=e, input=input, timeout=timeout, check=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cache_config(hub: Path, repo: str) -> None:
+    """config.json of `repo` in a Hugging Face cache, as huggingface_hub leaves it."""
+    base = hub / ("models--" + repo.replace("/", "--"))
+    snap = base / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text(CONFIG.read_text())
+    (base / "refs").mkdir()
+    (base / "refs" / "main").write_text("a" * 40)
+
+
+@pytest.fixture
+def fake_vllm(tmp_path):
+    """`vllm` on PATH is the stand-in engine (as vLLM 0.26.0 when asked), a private state folder,
+    and an offline HF cache holding only config.json of the checkpoints."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    exe = bindir / "vllm"
+    exe.write_text(f"#!{sys.executable}\nimport runpy, sys\nsys.argv[0]={str(FAKE)!r}\n"
+                   f"runpy.run_path({str(FAKE)!r}, run_name='__main__')\n")
+    exe.chmod(0o755)
+    for repo in ("Qwen/Qwen3.6-35B-A3B-FP8", "Qwen/Qwen3.6-35B-A3B"):
+        cache_config(tmp_path / "hub", repo)
+    return {"PATH": f"{bindir}:{os.environ['PATH']}", "QWENPLAN_STATE_DIR": str(tmp_path / "state"),
+            "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+
+
+# --- item 8: verify with dummy weights -------------------------------------------------------
+
+
+def test_verify_leaves_out_the_parsers_keeps_extra_args_and_takes_the_only_engine_of_a_version(fake_vllm, tmp_path):
+    """vLLM 0.26 stops at start when the parsers come with --skip-tokenizer-init (the stand-in
+    does too); `--engine-version 0.26.0` alone is vLLM's release, so it plans for vLLM."""
+    seen = tmp_path / "argv.json"
+    r = run(["verify", "--gpu", "H200", "--engine-version", "0.26.0", "--port", str(free_port()),
+             "--extra-arg=--gdn-prefill-backend=triton"],
+            env={**fake_vllm, "FAKE_ENGINE_VERSION": "0.26.0", "FAKE_ENGINE_ARGV_FILE": str(seen)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    argv = json.loads(seen.read_text())
+    assert "--skip-tokenizer-init" in argv and "--load-format" in argv
+    assert not {"--reasoning-parser", "--tool-call-parser", "--enable-auto-tool-choice"} & set(argv)
+    assert "--gdn-prefill-backend=triton" in argv
+    assert "stored in" in r.stdout
+
+
+def test_the_plan_itself_keeps_its_parsers():
+    r = run(["plan", "--json", "--gpu", "H200", "--engine", "vllm", "--engine-version", "0.26.0"])
+    argv = json.loads(r.stdout)["command"]["argv"]
+    assert "--reasoning-parser" in argv and "--tool-call-parser" in argv and "--skip-tokenizer-init" not in argv
+
+
+@pytest.mark.parametrize("version,needle", [("0.19.0", "could be vllm or vllm-offload"),
+                                            ("9.9.9", "--engine-version needs --engine")])
+def test_an_engine_version_that_several_engines_have_needs_the_engine(version, needle):
+    r = run(["verify", "--gpu", "H200", "--engine-version", version])
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "--engine vllm" in lines[0]
+
+
+def test_an_sglang_release_plans_for_sglang():
+    r = run(["plan", "--json", "--gpu", "H200", "--engine-version", "0.5.20"])
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["engine"]["name"] == "sglang"
+
+
+def test_the_gpu_harness_drops_what_verify_drops():
+    """benchmarks/gpu/runner.py reads the same rule (profiles/engines.yaml without_tokenizer)."""
+    sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
+    try:
+        import runner
+    finally:
+        sys.path.pop(0)
+    from qwenplan.launch.render import tokenizer_flags
+
+    plan = json.loads((ROOT / "benchmarks/gpu/plans/h100/default.json").read_text())
+    cmd, _, changes = runner.served_command({"name": "x"}, plan)
+    assert {"--reasoning-parser", "--tool-call-parser"} <= set(plan["command"]["argv"])
+    dropped = {f for f, _ in tokenizer_flags("vllm", plan["engine"]["version"])}
+    assert dropped and not dropped & set(cmd)
+    assert any("get_vocab" in c["why"] for c in changes)

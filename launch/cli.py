@@ -474,12 +474,20 @@ def auto(dry_run, yes, retry, verify_first, **kw):
     fetch.ensure_checkpoint(doc["variant"]["repo"], doc["variant"].get("revision"), needed_bytes=doc["variant"]["size_bytes"])
     out = _launch(p, retry=retry, log_dir=_log_dir("auto"))
     _finish(doc, out, "qwenplan auto")
+    from qwenplan.launch.orchestrate import stay_in_foreground
+
+    keys = doc["command"]["secret_env"][1:] + [a["env"] for a in doc["command"]["secret_args"]]
+    return stay_in_foreground(out.engine, doc, next((k for k in keys if os.environ.get(k)), None))
 
 
 def _finish(doc, out, source):
     last = out.last
     for a in out.attempts[:-1]:
         click.echo(f"attempt {a.number}: {a.message} ({a.log_path})", err=True)
+    if last.failure == "interrupted" and out.engine is not None and out.engine.signalled is not None:
+        from qwenplan.launch.orchestrate import interrupted
+
+        raise interrupted(out.engine.signalled)
     if not out.ok:
         msg = last.diagnosis.message if last.diagnosis else last.message
         click.echo(f"qwenplan: error: {msg} (log: {last.log_path})", err=True)

@@ -109,3 +109,122 @@ def test_the_gpu_harness_drops_what_verify_drops():
     dropped = {f for f, _ in tokenizer_flags("vllm", plan["engine"]["version"])}
     assert dropped and not dropped & set(cmd)
     assert any("get_vocab" in c["why"] for c in changes)
+
+
+# --- item 1: auto stays in the foreground ------------------------------------------------------
+
+
+def cache_weights(hub: Path, repo: str) -> None:
+    """A snapshot the cache check takes as complete: config.json and one whole (empty) shard."""
+    snap = next((hub / ("models--" + repo.replace("/", "--")) / "snapshots").iterdir())
+    header = b"{}"
+    (snap / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+
+
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+class Auto:
+    """`qwenplan auto --yes` with the stand-in engine, its output read as it comes."""
+
+    def __init__(self, fake_vllm, tmp_path, *args, env=None):
+        import queue
+        import threading
+
+        for repo in ("Qwen/Qwen3.6-35B-A3B-FP8", "Qwen/Qwen3.6-35B-A3B"):
+            cache_weights(tmp_path / "hub", repo)
+        self.pids_file = tmp_path / "pids.json"
+        self.port = free_port()
+        e = {**os.environ, "NO_COLOR": "1", **fake_vllm, "FAKE_ENGINE_DELAY": "0.1",
+             "FAKE_ENGINE_PIDS_FILE": str(self.pids_file), **(env or {})}
+        self.proc = subprocess.Popen([sys.executable, "-m", "qwenplan.launch.cli", "auto", "--yes", "--gpu", "H100",
+                                      "--engine", "vllm", "--port", str(self.port), *args],
+                                     env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue = queue.Queue()
+        self.out: list[str] = []
+        self.err: list[str] = []
+        for stream, keep in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
+            threading.Thread(target=self._read, args=(stream, keep), daemon=True).start()
+
+    def _read(self, stream, keep):
+        for line in stream:
+            keep.append(line.rstrip("\n"))
+            self.lines.put(line)
+
+    def until(self, text: str, timeout: float = 90.0) -> None:
+        import queue
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if text in self.lines.get(timeout=max(0.01, deadline - time.monotonic())):
+                    return
+            except queue.Empty:
+                break
+        raise AssertionError(f"no {text!r}: {self.out[-20:]} {self.err[-20:]}")
+
+    def engine_pids(self) -> list[int]:
+        return json.loads(self.pids_file.read_text())
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.mark.parametrize("sig,code", [(15, 143), (2, 130)])
+def test_auto_serves_in_the_foreground_and_a_signal_leaves_nothing(fake_vllm, tmp_path, sig, code):
+    auto = Auto(fake_vllm, tmp_path, env={"VLLM_API_KEY": "sk-first-hour-secret-0042"})
+    try:
+        auto.until("Ctrl-C to stop")
+        pids = auto.engine_pids()
+        with pytest.raises(subprocess.TimeoutExpired):
+            auto.proc.wait(timeout=5)                  # still serving 5 s after ready
+        assert all(running(p) for p in pids)
+        out = "\n".join(auto.out)
+        assert f"http://127.0.0.1:{auto.port}/v1" in out and "qwen3.6-35b-a3b" in out
+        assert "curl " in out and "$VLLM_API_KEY" in out and "sk-first-hour-secret-0042" not in out
+        auto.proc.send_signal(sig)
+        assert auto.proc.wait(timeout=30) == code
+    finally:
+        auto.close()
+    import time
+
+    deadline = time.monotonic() + 5
+    while any(running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(running(p) for p in pids)
+    assert "interrupted" in "\n".join(auto.err)
+
+
+def test_auto_says_why_when_the_engine_dies_while_serving(fake_vllm, tmp_path):
+    auto = Auto(fake_vllm, tmp_path)
+    try:
+        auto.until("Ctrl-C to stop")
+        api, core = auto.engine_pids()
+        os.kill(core, 9)                # the engine loses its EngineCore: the API server exits
+        rc = auto.proc.wait(timeout=30)
+    finally:
+        auto.close()
+    assert rc == 1
+    assert any("the engine exited with code" in line and "while serving" in line for line in auto.err)
+
+
+def test_a_signal_during_the_smoke_test_is_an_interruption(fake_vllm, tmp_path):
+    auto = Auto(fake_vllm, tmp_path, env={"FAKE_ENGINE_TOKEN_DELAY": "5"})
+    try:
+        auto.until("smoke test")
+        auto.until("POST /v1/chat/completions")     # the request is in flight
+        auto.proc.send_signal(15)
+        rc = auto.proc.wait(timeout=30)
+    finally:
+        auto.close()
+    err = "\n".join(auto.err)
+    assert rc == 143, err
+    assert "interrupted by SIGTERM" in err and "no tokens" not in err

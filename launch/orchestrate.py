@@ -14,7 +14,6 @@ import shlex
 import signal
 
 import click
-
 from qwenplan.launch.runner import _connect_host
 
 

@@ -207,7 +207,7 @@ def test_auto_says_why_when_the_engine_dies_while_serving(fake_vllm, tmp_path):
     auto = Auto(fake_vllm, tmp_path)
     try:
         auto.until("Ctrl-C to stop")
-        api, core = auto.engine_pids()
+        _, core = auto.engine_pids()
         os.kill(core, 9)                # the engine loses its EngineCore: the API server exits
         rc = auto.proc.wait(timeout=30)
     finally:

@@ -189,13 +189,18 @@ def plan(as_json, **kw):
 @cli.command()
 @_hardware_options
 @_plan_options
-def explain(**kw):
-    """The plan for people: hardware seen, each decision with its reason, memory per GPU, rejected
-    variants, the command. Works on a box without a GPU (it says what it would take)."""
+@click.option("-v", "--verbose", "--all", "verbose", is_flag=True,
+              help="Also the hardware seen, every decision with its reason and source, the memory table, "
+                   "rejected variants.")
+def explain(verbose, **kw):
+    """The plan for people, on one screen: what runs, context, sequences, KV cache, memory per GPU,
+    warnings, the command (exit 3 when nothing fits: it says what it would take)."""
     from qwenplan.launch import views
 
     p = plan_from_cli(kw)
-    views.show_plan(p, brief=False)
+    views.show_plan(p, verbose=verbose)
+    if p.status != "ok":
+        raise click.exceptions.Exit(3)
 
 
 @cli.command()
@@ -259,14 +264,23 @@ def _plan_here(kw: dict, use_calibration: bool = True):
 @_hardware_options
 @_plan_options
 @click.option("--no-parse", is_flag=True, help="Skip running the engine's own argument parser.")
-def doctor(no_parse, **kw):
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON (name, status, detail, fix).")
+def doctor(no_parse, as_json, **kw):
     """Is this box ready for the plan? Driver, engine, the argv through the engine's parser,
     /dev/shm, port, disk. Exit 1 on any failed check."""
-    from qwenplan.launch.doctor import run_checks
+    from dataclasses import asdict
+
     from qwenplan.launch import views
+    from qwenplan.launch.doctor import run_checks
 
     hw, p = _plan_here(kw)
     checks = run_checks(p, hw, parse=not no_parse)
+    if as_json:
+        click.echo(json.dumps({"schema": "qwenplan.doctor/1", "ok": not any(ch.status == "fail" for ch in checks),
+                               "checks": [asdict(ch) for ch in checks]}, indent=2))
+        if any(ch.status == "fail" for ch in checks):
+            raise click.exceptions.Exit(1)
+        return
     c = views.console()
     marks = {"ok": "[green]ok[/green]  ", "warn": "[yellow]warn[/yellow]", "fail": "[red]fail[/red]"}
     for ch in checks:
@@ -449,7 +463,6 @@ def auto(dry_run, yes, retry, verify_first, **kw):
     if p.status != "ok":
         raise click.exceptions.Exit(3)
     doc = p.to_dict()
-    click.echo(doc["command"]["shell"])
     if dry_run:
         return
     if doc["settings"]["host"] not in ("127.0.0.1", "localhost", "::1") and not any(

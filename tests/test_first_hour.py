@@ -228,3 +228,62 @@ def test_a_signal_during_the_smoke_test_is_an_interruption(fake_vllm, tmp_path):
     err = "\n".join(auto.err)
     assert rc == 143, err
     assert "interrupted by SIGTERM" in err and "no tokens" not in err
+
+
+# --- item 2: a one-screen explain --------------------------------------------------------------
+
+
+def screen_rows(text: str, width: int = 80) -> int:
+    """Rows the text takes on a terminal `width` columns wide (long lines wrap)."""
+    return sum(max(1, -(-len(line) // width)) for line in text.splitlines())
+
+
+def test_explain_is_a_summary_card_on_one_80x50_screen():
+    r = run(["explain", "--gpu", "4090"])
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert screen_rows(out) <= 50, out
+    first = out.splitlines()[0]
+    assert first.startswith("Plan") and "PP 1" in first
+    for part in ("checkpoint:", "engine:", "context:", "per rank x 1 rank", "KV cache:", "full-length",
+                 "memory:", "warning:", "vllm serve", "--verbose"):
+        assert part in out, part
+    assert "Decisions" not in out and "source:" not in out          # those are under --verbose
+    assert not any(line != line.rstrip() for line in out.splitlines())
+
+
+def test_data_parallel_figures_say_per_rank():
+    r = run(["explain", "--gpu", "H200", "--gpus", "2", "--engine", "vllm", "--goal", "throughput"])
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "DP 2" in out.splitlines()[0] and "sequences per rank" in out.splitlines()[0]
+    assert "per rank x 2 ranks" in out
+    assert "tokens per rank" in out
+
+
+def test_the_summary_shows_predicted_speed_when_the_plan_has_it(monkeypatch):
+    from qwenplan.launch import views
+    from qwenplan.launch.cli import build_plan
+    from qwenplan.planner.whatif import what_if
+
+    p = build_plan(what_if(["H100"], None, None, None), {})
+    assert not any(line.startswith("speed:") for line in views.summary_lines(p))
+    doc = p.to_dict()
+    monkeypatch.setattr(type(p), "to_dict", lambda self: {**doc, "performance": {
+        "summary": "c1 160 tokens/s, TTFT 0.05 s; c32 2,900 tokens/s; c128 5,100 tokens/s"}})
+    assert "speed:      c1 160 tokens/s, TTFT 0.05 s; c32 2,900 tokens/s; c128 5,100 tokens/s" in views.summary_lines(p)
+
+
+def test_doctor_json():
+    r = run(["doctor", "--json", "--gpu", "4090", "--no-parse"], env={"PATH": "/nonexistent"})
+    doc = json.loads(r.stdout)
+    assert doc["schema"] == "qwenplan.doctor/1" and doc["checks"]
+    engine = next(c for c in doc["checks"] if c["name"] == "engine")
+    assert engine["status"] == "fail" and "uv pip install vllm" in engine["fix"]
+    assert r.returncode == 1 and doc["ok"] is False
+
+
+def test_auto_dry_run_prints_the_command_once(fake_vllm):
+    r = run(["auto", "--dry-run", "--gpu", "H100", "--port", str(free_port())], env=fake_vllm)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count(" serve ") == 1

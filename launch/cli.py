@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from qwenplan.planner.errors import InputError, QwenplanError
+from qwenplan.planner.errors import InfeasibleError, InputError, QwenplanError
 
 
 def _hardware_options(f):
@@ -30,7 +30,7 @@ def _hardware_options(f):
 
 def load_hardware(hardware_file=None, gpu_names=(), gpu_count=None, ram=None, disk=None, gpu_ids=None):
     from qwenplan.planner import catalog, hardware, probe, whatif
-    from qwenplan.planner.units import parse_size
+    from qwenplan.planner.units import parse_box_size
 
     if hardware_file and gpu_names:
         raise InputError("--hardware and --gpu both describe the box", "give one of them")
@@ -39,13 +39,13 @@ def load_hardware(hardware_file=None, gpu_names=(), gpu_count=None, ram=None, di
     if hardware_file:
         hw = hardware.load(hardware_file, lookup=catalog.find_gpu)
     elif gpu_names:
-        hw = whatif.what_if(list(gpu_names), gpu_count, parse_size(ram, "--ram") if ram else None,
-                            parse_size(disk, "--disk") if disk else None)
+        hw = whatif.what_if(list(gpu_names), gpu_count, parse_box_size(ram, "--ram") if ram is not None else None,
+                            parse_box_size(disk, "--disk") if disk is not None else None)
     else:
         if ram or disk:
             raise InputError("--ram and --disk describe an imagined box", "use them with --gpu, or write a --hardware file")
         hw = probe.probe()
-    if gpu_ids:
+    if gpu_ids is not None:
         try:
             ids = [int(x) for x in gpu_ids.split(",") if x.strip() != ""]
         except ValueError:
@@ -90,6 +90,45 @@ def gpus(as_json):
     views.show_gpu_profiles(catalog.gpus())
 
 
+class _Tokens(click.ParamType):
+    """A token count: 32768, or 128k (x 1024, as context lengths are spoken of)."""
+
+    name = "tokens"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            n = value
+        else:
+            text = str(value).strip().lower()
+            mult = 1024 if text.endswith("k") else 1
+            try:
+                n = int(text[:-1] if mult > 1 else text) * mult
+            except ValueError:
+                self.fail(f"{value!r} is not a number of tokens: write it like 32768 or 128k", param, ctx)
+        if n < 1:
+            self.fail(f"{value!r} is not a context length: give 1 or more tokens, like 32768 or 128k", param, ctx)
+        return n
+
+
+TOKENS = _Tokens()
+
+
+def _check_host(ctx, param, value):
+    """An IP address or a DNS name (RFC 1123); anything else never reaches the engine."""
+    import ipaddress
+    import re
+
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    label = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+    if len(value) <= 253 and re.fullmatch(rf"{label}(\.{label})*\.?", value):
+        return value
+    raise click.BadParameter(f"{value!r} is not an IP address or a host name (e.g. 127.0.0.1, 0.0.0.0, ::1)")
+
+
 def _plan_options(f):
     """What to plan: every command that plans takes these (the design's common options)."""
     opts = [
@@ -100,13 +139,14 @@ def _plan_options(f):
         click.option("--engine-version", metavar="X", help="Plan for this engine version (installed or not)."),
         click.option("--variant", metavar="ID", help="Use this checkpoint variant (see `qwenplan variants`)."),
         click.option("--model", metavar="ID", help="Model to serve (default qwen3.6-35b-a3b)."),
-        click.option("--context", type=int, metavar="N", help="Maximum context length in tokens."),
-        click.option("--concurrency", type=int, metavar="N", help="Maximum concurrent sequences."),
+        click.option("--context", type=TOKENS, metavar="N", help="Maximum context length in tokens (32768, 128k)."),
+        click.option("--concurrency", type=click.IntRange(1), metavar="N", help="Maximum concurrent sequences."),
         click.option("--kv-dtype", metavar="[auto|fp8]", help="KV cache dtype."),
         click.option("--no-mtp", "no_mtp", is_flag=True, help="No MTP speculative decoding."),
         click.option("--mtp", "force_mtp", is_flag=True, help="MTP even where a known bug advises against it."),
         click.option("--vision", is_flag=True, help="Serve images and video too (text only by default)."),
-        click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on."),
+        click.option("--host", default="127.0.0.1", show_default=True, callback=_check_host,
+                     help="Address to serve on."),
         click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Port to serve on."),
         click.option("--served-name", metavar="NAME", help="Model name clients use (default: the model id)."),
         click.option("--nodes", type=click.IntRange(1, 64), default=1, show_default=True,
@@ -165,6 +205,13 @@ def build_plan(hw, plan_kw: dict):
     return with_command(make_plan(hw, opts), tuple(plan_kw.get("extra_args") or ()))
 
 
+def refuse_infeasible(p, what: str) -> None:
+    """Exit 3 with why, when no plan fits (every command that needs a plan)."""
+    if p.status != "ok":
+        raise InfeasibleError(f"no plan fits, so there is nothing to {what}",
+                              "; ".join(p.requirements[:2]) or "see `qwenplan explain`")
+
+
 def plan_from_cli(kw: dict):
     return _plan_here(kw)[1]
 
@@ -213,10 +260,12 @@ def variants(as_json, **kw):
     rows = variant_rows(p)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
-        return
-    from qwenplan.launch import views
+    else:
+        from qwenplan.launch import views
 
-    views.show_variants(rows)
+        views.show_variants(rows)
+    if p.status != "ok":
+        raise click.exceptions.Exit(3)
 
 
 def variant_rows(p) -> list[dict]:
@@ -274,6 +323,7 @@ def doctor(no_parse, as_json, **kw):
     from qwenplan.launch.doctor import run_checks
 
     hw, p = _plan_here(kw)
+    refuse_infeasible(p, "check")
     checks = run_checks(p, hw, parse=not no_parse)
     if as_json:
         click.echo(json.dumps({"schema": "qwenplan.doctor/1", "ok": not any(ch.status == "fail" for ch in checks),
@@ -318,9 +368,12 @@ def export(kind, output, force, venv, user_unit, run_as_user, env_file, image, n
     from qwenplan.launch import export as exp
 
     _, p = _plan_here(kw, use_calibration=False)
-    if p.status != "ok":
-        raise QwenplanError("no plan fits, so there is nothing to export",
-                            "; ".join(p.requirements[:2]) or "see `qwenplan explain`")
+    refuse_infeasible(p, "export")
+    if p.parallel.get("nodes", 1) == 1:
+        for name, value in (("--node-rank", node_rank), ("--head-addr", head_addr)):
+            if value is not None:
+                raise InputError(f"{name} is for multi-node plans; this plan runs on one node",
+                                 f"drop {name}, or plan for several with --nodes N")
     given = {"--venv": venv, "--user": user_unit or None, "--run-as": run_as_user, "--image": image,
              "--namespace": namespace, "--hf-cache": hf_cache, "--storage-size": storage_size,
              "--storage-class": storage_class, "--secret-name": secret_name, "--publish-host": publish_host,
@@ -539,8 +592,7 @@ def verify(retry, **kw):
     """Before downloading tens of GB: start the engine on the plan with dummy weights (config.json
     only), read its memory report, store it for later plans, stop it."""
     _, p = _plan_here(kw)
-    if p.status != "ok":
-        raise click.exceptions.Exit(3)
+    refuse_infeasible(p, "verify")
     _verify(p, retry=retry)
 
 

@@ -176,19 +176,12 @@ def performance_lines(perf) -> list[str]:
     """Predicted speed, when the plan carries it (plan.to_dict()["performance"]); nothing otherwise."""
     if not perf:
         return []
-    if isinstance(perf, str):
-        return [f"speed:      {perf}"]
-    if perf.get("summary"):
-        return [f"speed:      {perf['summary']}"]
-
-    def show(x):
-        if isinstance(x, dict):
-            return ", ".join(f"{k} {show(y)}" for k, y in x.items() if not isinstance(y, (list, dict)) or y)
-        if isinstance(x, float):
-            return f"{x:.3g}"
-        return str(x)
-    items = [(k, x) for k, x in perf.items() if k not in ("source", "sources", "notes")]
-    return [f"speed:      {k}: {show(x)}" for k, x in items[:4]]
+    levels = perf.get("levels") or {}
+    shown = [f"{name} {lv['tokens_per_s']:,.0f} tokens/s (TTFT {lv['ttft_s']:.2f} s)"
+             for name, lv in levels.items() if lv.get("tokens_per_s") is not None and lv.get("ttft_s") is not None]
+    if not shown:
+        return []
+    return [f"speed:      predicted (cN: N requests at once): {'; '.join(shown)}"]
 
 
 def show_plan(plan, brief: bool = False, verbose: bool = False) -> None:

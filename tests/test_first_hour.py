@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -267,11 +268,14 @@ def test_the_summary_shows_predicted_speed_when_the_plan_has_it(monkeypatch):
     from qwenplan.planner.whatif import what_if
 
     p = build_plan(what_if(["H100"], None, None, None), {})
-    assert not any(line.startswith("speed:") for line in views.summary_lines(p))
-    doc = p.to_dict()
-    monkeypatch.setattr(type(p), "to_dict", lambda self: {**doc, "performance": {
-        "summary": "c1 160 tokens/s, TTFT 0.05 s; c32 2,900 tokens/s; c128 5,100 tokens/s"}})
-    assert "speed:      c1 160 tokens/s, TTFT 0.05 s; c32 2,900 tokens/s; c128 5,100 tokens/s" in views.summary_lines(p)
+    perf = p.to_dict().get("performance")
+    assert perf and perf["levels"]
+    line = next(x for x in views.summary_lines(p) if x.startswith("speed:"))
+    for name, lv in perf["levels"].items():
+        assert f"{name} {lv['tokens_per_s']:,.0f} tokens/s (TTFT {lv['ttft_s']:.2f} s)" in line
+    doc = {k: v for k, v in p.to_dict().items() if k != "performance"}
+    monkeypatch.setattr(type(p), "to_dict", lambda self: doc)
+    assert not any(x.startswith("speed:") for x in views.summary_lines(p))     # absent: nothing
 
 
 def test_doctor_json():
@@ -287,3 +291,89 @@ def test_auto_dry_run_prints_the_command_once(fake_vllm):
     r = run(["auto", "--dry-run", "--gpu", "H100", "--port", str(free_port())], env=fake_vllm)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count(" serve ") == 1
+
+
+# --- item 4: every bad input is one line and exit 2; infeasible is exit 3 -----------------------
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["plan", "--gpu", "4090", "--ram", "64"], "--ram '64' has no unit"),
+    (["plan", "--gpu", "4090", "--disk", "0.5G"], "less than 1 GiB"),
+    (["plan", "--gpu", "4090", "--context", "0"], "not a context length"),
+    (["plan", "--gpu", "4090", "--context", "lots"], "not a number of tokens"),
+    (["plan", "--gpu", "4090", "--concurrency", "0"], "--concurrency"),
+    (["plan", "--gpu", "4090", "--gpu", "4090", "--gpus", "2"], "say the count one way"),
+    (["plan", "--gpu", "H100", "--gpus", "1000"], "at most 16"),
+    (["plan", "--gpu", "4090", "--host", "not a host"], "not an IP address or a host name"),
+    (["plan", "--gpu", "4090", "--gpu-ids", ""], "--gpu-ids '' is empty"),
+    (["export", "systemd", "--gpu", "H100", "--node-rank", "1"], "--node-rank is for multi-node plans"),
+])
+def test_input_holes_are_one_line_and_exit_2(args, needle):
+    r = run(args)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_units_and_lengths_people_write_are_taken():
+    r = run(["plan", "--json", "--gpu", "H100", "--ram", "64Gi", "--disk", "500GB", "--context", "128k"])
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["settings"]["max_model_len"] == 131072
+    assert doc["hardware"]["host"]["ram_total_bytes"] == 64 << 30
+
+
+@pytest.mark.parametrize("command", [["plan"], ["explain"], ["variants"], ["doctor"], ["export", "script"],
+                                     ["verify"], ["auto", "--dry-run"]])
+def test_nothing_fits_is_exit_3_for_every_command(command):
+    r = run([*command, "--gpu", "3060", "--variant", "bf16"])
+    assert r.returncode == 3, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    if command[0] in ("verify", "export", "doctor"):
+        assert "no plan fits" in r.stderr and "64.69 GiB" in r.stderr   # says why
+
+
+def test_out_of_memory_hints_name_qwenplans_options():
+    from qwenplan.launch.diagnose import diagnose
+
+    d = diagnose(["INFO Model loading took 18.09 GiB memory and 12.5 seconds",
+                  "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB."])
+    assert "--context" in d.fix and "--max-model-len" not in d.fix
+    d = diagnose(["ValueError: ... Based on the available memory, the estimated maximum model length is 169184."])
+    assert "--context 169184" in d.fix
+
+
+def test_ctrl_c_at_the_prompt_exits_130(fake_vllm, tmp_path):
+    import select
+    import time
+
+    for repo in ("Qwen/Qwen3.6-35B-A3B-FP8", "Qwen/Qwen3.6-35B-A3B"):
+        cache_weights(tmp_path / "hub", repo)
+    proc = subprocess.Popen([sys.executable, "-m", "qwenplan.launch.cli", "auto", "--gpu", "H100", "--engine", "vllm",
+                             "--port", str(free_port())], env={**os.environ, "NO_COLOR": "1", **fake_vllm},
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            # as from a terminal: a job started in the background inherits SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        seen, deadline = b"", time.monotonic() + 60
+        while b"launch?" not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            seen += chunk
+        assert b"launch?" in seen, seen
+        # Ctrl-C once the prompt waits for the answer (a signal between the prompt and the read
+        # would be taken before the read blocks: CPython checks for it only between bytecodes)
+        while time.monotonic() < deadline and "pipe" not in Path(f"/proc/{proc.pid}/wchan").read_text():
+            select.select([], [], [], 0.02)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 130
+        assert b"aborted" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not (tmp_path / "state" / "runs").exists()        # nothing was started

@@ -349,11 +349,12 @@ def test_ctrl_c_at_the_prompt_exits_130(fake_vllm, tmp_path):
 
     for repo in ("Qwen/Qwen3.6-35B-A3B-FP8", "Qwen/Qwen3.6-35B-A3B"):
         cache_weights(tmp_path / "hub", repo)
-    proc = subprocess.Popen([sys.executable, "-m", "qwenplan.launch.cli", "auto", "--gpu", "H100", "--engine", "vllm",
+    # As from a terminal: a job started in the background inherits SIGINT ignored; undo that.
+    start = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "sys.argv = ['qwenplan'] + sys.argv[1:]; runpy.run_module('qwenplan.launch.cli', run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", start, "auto", "--gpu", "H100", "--engine", "vllm",
                              "--port", str(free_port())], env={**os.environ, "NO_COLOR": "1", **fake_vllm},
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            # as from a terminal: a job started in the background inherits SIGINT ignored
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         seen, deadline = b"", time.monotonic() + 60
         while b"launch?" not in seen and time.monotonic() < deadline:

@@ -378,3 +378,23 @@ def test_ctrl_c_at_the_prompt_exits_130(fake_vllm, tmp_path):
             proc.kill()
             proc.wait()
     assert not (tmp_path / "state" / "runs").exists()        # nothing was started
+
+
+# --- item 6: the doctor runs the engine's own Python -------------------------------------------
+
+
+@pytest.mark.parametrize("shebang", ["#!/usr/bin/env python3", "#!/usr/bin/env -S python3 -u", "#!{python}"])
+def test_the_parser_check_runs_the_python_of_the_engine_script(tmp_path, monkeypatch, shebang):
+    from qwenplan.launch.engine_parser import engine_python, run_parser
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "python3").symlink_to(sys.executable)
+    exe = bindir / "vllm"
+    exe.write_text(shebang.format(python=bindir / "python3") + "\nimport sys\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    assert engine_python("vllm") == str(bindir / "python3")
+    r = run_parser("vllm", ["vllm", "serve", "m"])
+    assert r.python == str(bindir / "python3")
+    assert "env" not in r.error                                 # vLLM is absent here: its import fails, not env

@@ -68,7 +68,7 @@ def show_gpu_profiles(profiles) -> None:
         t.add_row(p.label, f"{p.memory_mib / 1024:.0f} GiB", p.compute_capability,
                   str(p.memory_bandwidth_gbs or "?"), "yes" if p.fp8 else "-", "yes" if p.fp4 else "-",
                   ", ".join(p.aliases[:3]))
-    console().print(t)
+    _block(console(), t)
 
 
 # --- plans ---------------------------------------------------------------------------------
@@ -269,4 +269,4 @@ def show_variants(rows) -> None:
     for r in rows:
         mark = "chosen" if r["chosen"] else ("yes" if r["fits"] else "no")
         t.add_row(r["id"], f"{r['size_bytes'] / 1e9:.1f}", mark, r["summary"])
-    console().print(t)
+    _block(console(), t)

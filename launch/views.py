@@ -152,12 +152,12 @@ def summary_lines(plan) -> list[str]:
     lines = [
         f"checkpoint: {v['id']} ({v['repo']}), {v['size_bytes'] / 1e9:.1f} GB",
         f"engine:     {e['name']} {e['version']}{installed}",
-        f"GPUs:       {where}; TP {par['tensor']} x PP {par.get('pipeline', 1)} x DP {ranks}"
-        f"{' (expert parallel)' if par.get('expert') else ''}",
+        (f"GPUs:       {where}; TP {par['tensor']} x PP {par.get('pipeline', 1)} x DP {ranks}"
+         f"{' (expert parallel)' if par.get('expert') else ''}"),
         f"context:    {s['max_model_len']:,} tokens",
         f"sequences:  {s['max_num_seqs']} per rank x {ranks} rank{'s' if ranks != 1 else ''}",
-        f"KV cache:   ~{m['kv_cache_tokens']:,} tokens per rank; {m['full_length_seqs']} full-length "
-        f"request(s) at once per rank",
+        (f"KV cache:   ~{m['kv_cache_tokens']:,} tokens per rank; {m['full_length_seqs']} full-length "
+         "request(s) at once per rank"),
     ]
     parts = [("weights", m.get("weights_bytes")), ("expert cache", m.get("expert_cache_bytes")),
              ("KV", m.get("kv_cache_bytes")), ("activations", m.get("activation_bytes")),

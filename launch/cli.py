@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from qwenplan.planner.errors import InputError, QwenplanError
+from qwenplan.planner.errors import InfeasibleError, InputError, QwenplanError
 
 
 def _hardware_options(f):
@@ -30,7 +30,7 @@ def _hardware_options(f):
 
 def load_hardware(hardware_file=None, gpu_names=(), gpu_count=None, ram=None, disk=None, gpu_ids=None):
     from qwenplan.planner import catalog, hardware, probe, whatif
-    from qwenplan.planner.units import parse_size
+    from qwenplan.planner.units import parse_box_size
 
     if hardware_file and gpu_names:
         raise InputError("--hardware and --gpu both describe the box", "give one of them")
@@ -39,13 +39,13 @@ def load_hardware(hardware_file=None, gpu_names=(), gpu_count=None, ram=None, di
     if hardware_file:
         hw = hardware.load(hardware_file, lookup=catalog.find_gpu)
     elif gpu_names:
-        hw = whatif.what_if(list(gpu_names), gpu_count, parse_size(ram, "--ram") if ram else None,
-                            parse_size(disk, "--disk") if disk else None)
+        hw = whatif.what_if(list(gpu_names), gpu_count, parse_box_size(ram, "--ram") if ram is not None else None,
+                            parse_box_size(disk, "--disk") if disk is not None else None)
     else:
         if ram or disk:
             raise InputError("--ram and --disk describe an imagined box", "use them with --gpu, or write a --hardware file")
         hw = probe.probe()
-    if gpu_ids:
+    if gpu_ids is not None:
         try:
             ids = [int(x) for x in gpu_ids.split(",") if x.strip() != ""]
         except ValueError:
@@ -90,6 +90,45 @@ def gpus(as_json):
     views.show_gpu_profiles(catalog.gpus())
 
 
+class _Tokens(click.ParamType):
+    """A token count: 32768, or 128k (x 1024, as context lengths are spoken of)."""
+
+    name = "tokens"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            n = value
+        else:
+            text = str(value).strip().lower()
+            mult = 1024 if text.endswith("k") else 1
+            try:
+                n = int(text[:-1] if mult > 1 else text) * mult
+            except ValueError:
+                self.fail(f"{value!r} is not a number of tokens: write it like 32768 or 128k", param, ctx)
+        if n < 1:
+            self.fail(f"{value!r} is not a context length: give 1 or more tokens, like 32768 or 128k", param, ctx)
+        return n
+
+
+TOKENS = _Tokens()
+
+
+def _check_host(ctx, param, value):
+    """An IP address or a DNS name (RFC 1123); anything else never reaches the engine."""
+    import ipaddress
+    import re
+
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    label = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+    if len(value) <= 253 and re.fullmatch(rf"{label}(\.{label})*\.?", value):
+        return value
+    raise click.BadParameter(f"{value!r} is not an IP address or a host name (e.g. 127.0.0.1, 0.0.0.0, ::1)")
+
+
 def _plan_options(f):
     """What to plan: every command that plans takes these (the design's common options)."""
     opts = [
@@ -100,13 +139,14 @@ def _plan_options(f):
         click.option("--engine-version", metavar="X", help="Plan for this engine version (installed or not)."),
         click.option("--variant", metavar="ID", help="Use this checkpoint variant (see `qwenplan variants`)."),
         click.option("--model", metavar="ID", help="Model to serve (default qwen3.6-35b-a3b)."),
-        click.option("--context", type=int, metavar="N", help="Maximum context length in tokens."),
-        click.option("--concurrency", type=int, metavar="N", help="Maximum concurrent sequences."),
+        click.option("--context", type=TOKENS, metavar="N", help="Maximum context length in tokens (32768, 128k)."),
+        click.option("--concurrency", type=click.IntRange(1), metavar="N", help="Maximum concurrent sequences."),
         click.option("--kv-dtype", metavar="[auto|fp8]", help="KV cache dtype."),
         click.option("--no-mtp", "no_mtp", is_flag=True, help="No MTP speculative decoding."),
         click.option("--mtp", "force_mtp", is_flag=True, help="MTP even where a known bug advises against it."),
         click.option("--vision", is_flag=True, help="Serve images and video too (text only by default)."),
-        click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on."),
+        click.option("--host", default="127.0.0.1", show_default=True, callback=_check_host,
+                     help="Address to serve on."),
         click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Port to serve on."),
         click.option("--served-name", metavar="NAME", help="Model name clients use (default: the model id)."),
         click.option("--nodes", type=click.IntRange(1, 64), default=1, show_default=True,
@@ -130,6 +170,24 @@ def split_options(kw: dict) -> tuple[dict, dict]:
     return plan_kw, kw
 
 
+def engine_for_version(hw, engine: str, version: str | None) -> str:
+    """`--engine-version X` without `--engine`: the one engine that has release X, else the one
+    installed here; refused when that still leaves a choice."""
+    if engine != "auto" or not version:
+        return engine
+    from qwenplan.planner.engines import engines
+
+    known = [e.id for e in engines().values() if version in e.versions]
+    if len(known) == 1:
+        return known[0]
+    installed = [k for k, v in (hw.engines or {}).items() if v and (k in known or not known)]
+    if len(installed) == 1:
+        return installed[0]
+    which = known or list(engines())
+    raise InputError(f"--engine-version needs --engine: {version} could be {' or '.join(which)}",
+                     f"say which, e.g. --engine {which[0]} --engine-version {version}")
+
+
 def build_plan(hw, plan_kw: dict):
     """Hardware + options -> a rendered Plan (command filled in when feasible)."""
     from qwenplan.launch.render import with_command
@@ -138,14 +196,22 @@ def build_plan(hw, plan_kw: dict):
     if plan_kw.get("no_mtp") and plan_kw.get("force_mtp"):
         raise InputError("--mtp and --no-mtp contradict each other", "give one of them")
     mtp = False if plan_kw.get("no_mtp") else (True if plan_kw.get("force_mtp") else None)
+    engine = engine_for_version(hw, plan_kw.get("engine", "auto"), plan_kw.get("engine_version"))
     opts = PlanOptions(model=plan_kw.get("model"), goal=plan_kw.get("goal", "balanced"),
-                       engine=plan_kw.get("engine", "auto"), engine_version=plan_kw.get("engine_version"),
+                       engine=engine, engine_version=plan_kw.get("engine_version"),
                        variant=plan_kw.get("variant"), context=plan_kw.get("context"),
                        concurrency=plan_kw.get("concurrency"), kv_dtype=plan_kw.get("kv_dtype"), mtp=mtp,
                        vision=bool(plan_kw.get("vision")), host=plan_kw.get("host", "127.0.0.1"),
                        port=plan_kw.get("port", 8000), served_name=plan_kw.get("served_name"),
                        nodes=plan_kw.get("nodes", 1), measured=plan_kw.get("measured"))
     return with_command(make_plan(hw, opts), tuple(plan_kw.get("extra_args") or ()))
+
+
+def refuse_infeasible(p, what: str) -> None:
+    """Exit 3 with why, when no plan fits (every command that needs a plan)."""
+    if p.status != "ok":
+        raise InfeasibleError(f"no plan fits, so there is nothing to {what}",
+                              "; ".join(p.requirements[:2]) or "see `qwenplan explain`")
 
 
 def plan_from_cli(kw: dict):
@@ -172,13 +238,18 @@ def plan(as_json, **kw):
 @cli.command()
 @_hardware_options
 @_plan_options
-def explain(**kw):
-    """The plan for people: hardware seen, each decision with its reason, memory per GPU, rejected
-    variants, the command. Works on a box without a GPU (it says what it would take)."""
+@click.option("-v", "--verbose", "--all", "verbose", is_flag=True,
+              help="Also the hardware seen, every decision with its reason and source, the memory table, "
+                   "rejected variants.")
+def explain(verbose, **kw):
+    """The plan for people, on one screen: what runs, context, sequences, KV cache, memory per GPU,
+    warnings, the command (exit 3 when nothing fits: it says what it would take)."""
     from qwenplan.launch import views
 
     p = plan_from_cli(kw)
-    views.show_plan(p, brief=False)
+    views.show_plan(p, verbose=verbose)
+    if p.status != "ok":
+        raise click.exceptions.Exit(3)
 
 
 @cli.command()
@@ -191,10 +262,12 @@ def variants(as_json, **kw):
     rows = variant_rows(p)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
-        return
-    from qwenplan.launch import views
+    else:
+        from qwenplan.launch import views
 
-    views.show_variants(rows)
+        views.show_variants(rows)
+    if p.status != "ok":
+        raise click.exceptions.Exit(3)
 
 
 def variant_rows(p) -> list[dict]:
@@ -263,14 +336,24 @@ def _say_if_calibration_changed(p, formula, measured: dict) -> None:
 @_hardware_options
 @_plan_options
 @click.option("--no-parse", is_flag=True, help="Skip running the engine's own argument parser.")
-def doctor(no_parse, **kw):
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON (name, status, detail, fix).")
+def doctor(no_parse, as_json, **kw):
     """Is this box ready for the plan? Driver, engine, the argv through the engine's parser,
     /dev/shm, port, disk. Exit 1 on any failed check."""
-    from qwenplan.launch.doctor import run_checks
+    from dataclasses import asdict
+
     from qwenplan.launch import views
+    from qwenplan.launch.doctor import run_checks
 
     hw, p = _plan_here(kw)
+    refuse_infeasible(p, "check")
     checks = run_checks(p, hw, parse=not no_parse)
+    if as_json:
+        click.echo(json.dumps({"schema": "qwenplan.doctor/1", "ok": not any(ch.status == "fail" for ch in checks),
+                               "checks": [asdict(ch) for ch in checks]}, indent=2))
+        if any(ch.status == "fail" for ch in checks):
+            raise click.exceptions.Exit(1)
+        return
     c = views.console()
     marks = {"ok": "[green]ok[/green]  ", "warn": "[yellow]warn[/yellow]", "fail": "[red]fail[/red]"}
     for ch in checks:
@@ -308,9 +391,12 @@ def export(kind, output, force, venv, user_unit, run_as_user, env_file, image, n
     from qwenplan.launch import export as exp
 
     _, p = _plan_here(kw, use_calibration=False)
-    if p.status != "ok":
-        raise QwenplanError("no plan fits, so there is nothing to export",
-                            "; ".join(p.requirements[:2]) or "see `qwenplan explain`")
+    refuse_infeasible(p, "export")
+    if p.parallel.get("nodes", 1) == 1:
+        for name, value in (("--node-rank", node_rank), ("--head-addr", head_addr)):
+            if value is not None:
+                raise InputError(f"{name} is for multi-node plans; this plan runs on one node",
+                                 f"drop {name}, or plan for several with --nodes N")
     given = {"--venv": venv, "--user": user_unit or None, "--run-as": run_as_user, "--image": image,
              "--namespace": namespace, "--hf-cache": hf_cache, "--storage-size": storage_size,
              "--storage-class": storage_class, "--secret-name": secret_name, "--publish-host": publish_host,
@@ -458,14 +544,16 @@ def _launch(p, *, retry: int, log_dir, dummy_model: str | None = None, smoke: bo
         if name != "HF_TOKEN" and os.environ.get(name):
             api_key = os.environ[name]
 
+    user_args = tuple(doc["command"].get("extra_args") or ())   # --extra-arg, on every attempt
+
     def make_command(settings):
         d = copy.deepcopy(doc)
         d["settings"] = settings
-        extra = []
         if dummy_model:
+            # config.json alone: no weights, no tokenizer (render leaves out what needs one)
             d["settings"] = dict(settings, model=dummy_model, load_format="dummy", skip_tokenizer_init=True)
-        cmd = render(d)
-        argv = cmd["argv"] + extra
+        cmd = render(d, user_args)
+        argv = list(cmd["argv"])
         for a in cmd.get("secret_args", []):
             if os.environ.get(a["env"]):
                 argv += [a["flag"], os.environ[a["env"]]]
@@ -508,7 +596,6 @@ def auto(dry_run, yes, retry, verify_first, **kw):
     if p.status != "ok":
         raise click.exceptions.Exit(3)
     doc = p.to_dict()
-    click.echo(doc["command"]["shell"])
     if dry_run:
         return
     _require_this_box(kw, hw)
@@ -534,12 +621,20 @@ def auto(dry_run, yes, retry, verify_first, **kw):
     fetch.ensure_checkpoint(doc["variant"]["repo"], doc["variant"].get("revision"), needed_bytes=doc["variant"]["size_bytes"])
     out = _launch(p, retry=retry, log_dir=_log_dir("auto"))
     _finish(doc, out, "qwenplan auto")
+    from qwenplan.launch.orchestrate import stay_in_foreground
+
+    keys = doc["command"]["secret_env"][1:] + [a["env"] for a in doc["command"]["secret_args"]]
+    return stay_in_foreground(out.engine, doc, next((k for k in keys if os.environ.get(k)), None))
 
 
 def _finish(doc, out, source):
     last = out.last
     for a in out.attempts[:-1]:
         click.echo(f"attempt {a.number}: {a.message} ({a.log_path})", err=True)
+    if last.failure == "interrupted" and out.engine is not None and out.engine.signalled is not None:
+        from qwenplan.launch.orchestrate import interrupted
+
+        raise interrupted(out.engine.signalled)
     if not out.ok:
         msg = last.diagnosis.message if last.diagnosis else last.message
         click.echo(f"qwenplan: error: {msg} (log: {last.log_path})", err=True)
@@ -578,8 +673,7 @@ def verify(retry, **kw):
     """Before downloading tens of GB: start the engine on the plan with dummy weights (config.json
     only), read its memory report, store it for later plans, stop it."""
     hw, p = _plan_here(kw)
-    if p.status != "ok":
-        raise click.exceptions.Exit(3)
+    refuse_infeasible(p, "verify")
     _require_this_box(kw, hw)
     _verify(p, retry=retry)
 

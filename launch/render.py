@@ -153,8 +153,10 @@ def render(plan: dict, extra_args: tuple[str, ...] = ()) -> dict:
     version = eng_doc["version"]
     argv = [t.format(model=settings["model"]) for t in engine.entry_argv(version)]
     args: list[str] = []
+    left_out = set(tokenizer_settings(engine.id, version)) if settings.get("skip_tokenizer_init") else set()
     for key in ORDER:
-        args += spell(engine.id, version, key, settings.get(key), settings)
+        if key not in left_out:
+            args += spell(engine.id, version, key, settings.get(key), settings)
     args += list(settings.get("extra_args") or ())
     check_extra_args(engine.id, version, settings, extra_args)
     args += list(extra_args)
@@ -173,7 +175,29 @@ def render(plan: dict, extra_args: tuple[str, ...] = ()) -> dict:
         secret_args.append({"flag": "--api-key", "env": engine.raw["api_key_flag_env"]})
     full = argv + args
     return {"argv": full, "env": env, "secret_env": secret_env, "secret_args": secret_args,
-            "shell": shell_line(full, env), "flags_checked_against": checked}
+            "shell": shell_line(full, env), "flags_checked_against": checked, "extra_args": list(extra_args)}
+
+
+def tokenizer_settings(engine_id: str, version: str) -> list[str]:
+    """Plan settings a start without a tokenizer (--skip-tokenizer-init) leaves out (profiles/engines.yaml)."""
+    rule = get_engine(engine_id).without_tokenizer(version)
+    return list(rule["drop"]) if rule else []
+
+
+def tokenizer_flags(engine_id: str, version: str) -> list[tuple[str, int]]:
+    """The same rule as flags, for an argv rendered elsewhere (benchmarks/gpu/runner.py): each
+    flag those settings are spelled with in this version, and how many values follow it."""
+    out = []
+    for key in tokenizer_settings(engine_id, version):
+        e = pick(get_engine(engine_id).arg_spellings(key) or [], version)
+        items = e["argv"] if e else []
+        for i, item in enumerate(items):
+            if item.startswith("-"):
+                n = 0
+                while i + 1 + n < len(items) and not items[i + 1 + n].startswith("-"):
+                    n += 1
+                out.append((item, n))
+    return out
 
 
 def shell_line(argv: list[str], env: dict[str, str]) -> str:

@@ -42,6 +42,14 @@ class Engine:
             return parsers[key]
         return get_engine(parsers["inherit"]).parser(key)
 
+    def without_tokenizer(self, version: str) -> dict | None:
+        """What a start without tokenizer files (--skip-tokenizer-init) leaves out: the rule of
+        `without_tokenizer` for this version ({drop, reason, source}); a fork uses its base's."""
+        rules = self.raw.get("without_tokenizer")
+        if rules is None and self.base is not None:
+            return self.base.without_tokenizer(version)
+        return pick(rules or [], version)
+
     def default(self, key: str, version: str):
         """(value, source) of a version-dependent default."""
         entry = self.raw.get("defaults", {}).get(key)

@@ -31,7 +31,8 @@ ASSUMED_RESERVED_BYTES = 512 * MiB
 MAX_DOCUMENT_BYTES = 1 << 20
 MAX_GPU_MEMORY_BYTES = 4 << 40
 MAX_HOST_BYTES = 1 << 50
-MAX_GPUS = 64
+# policy: the most GPUs one host holds (16, as on HGX-2/DGX-2 boards); more GPUs are more nodes.
+MAX_GPUS = 16
 
 
 @dataclass

@@ -8,16 +8,18 @@ from .errors import InputError
 from .hardware import ASSUMED_RESERVED_BYTES, GPU, MAX_GPUS, Hardware, Host
 
 
+
+
 def what_if(names: list[str], count: int | None = None, ram: int | None = None,
             disk: int | None = None) -> Hardware:
     if count is not None and count < 1:
         raise InputError(f"--gpus {count} is not a GPU count", "give 1 or more")
-    if max(count or 0, len(names)) > MAX_GPUS:
-        raise InputError(f"--gpus {max(count or 0, len(names))} is more than one node holds",
-                         f"qwenplan plans at most {MAX_GPUS} GPUs a node; give one node's GPUs and --nodes for more")
-    if len(names) > 1 and count not in (None, len(names)):
-        raise InputError(f"--gpus {count} does not match the {len(names)} --gpu names given",
+    if len(names) > 1 and count is not None:
+        raise InputError(f"--gpus {count} with {len(names)} --gpu names: say the count one way",
                          "use --gpus with a single --gpu, or list each GPU with its own --gpu")
+    if max(count or 0, len(names)) > MAX_GPUS:
+        raise InputError(f"{max(count or 0, len(names))} GPUs in one box is more than qwenplan plans for "
+                         f"(at most {MAX_GPUS})", f"plan one box of up to {MAX_GPUS} and add --nodes N")
     profiles = [require_gpu(n) for n in names]
     if len(profiles) == 1 and count:
         profiles = profiles * count

@@ -15,10 +15,12 @@ import json
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
+from . import disk, offload
+from .budget import SharedPool, shared_pool
 from .catalog import find_gpu, load_profile
 from .engines import Engine, check_version, get_engine, pick, workarounds
 from .errors import InputError
-from .hardware import GPU, Hardware
+from .hardware import GPU, Hardware, from_dict
 from .model import Model, get_model
 from .plan import Decision, GpuMemory, Plan, Rejected
 from .sizing import (Candidate, Sized, apply_measured, calibration_key, size, vllm_default_batched_tokens,
@@ -69,6 +71,7 @@ class GpuView:
     cc: tuple[int, int]
     nvlink_all: bool
     names: tuple[str, ...]
+    pool: SharedPool | None = None   # unified memory: the budget comes from the host (planner/budget.py)
 
     @property
     def count(self) -> int:
@@ -103,7 +106,7 @@ def gpu_view(hw: Hardware) -> tuple[GpuView | None, list[str]]:
         gpus=tuple(usable), cuda_total=min(g.cuda_total_bytes for g in usable),
         cuda_free=None if any(f is None for f in frees) else min(frees),
         cc=min(g.compute_capability_tuple() for g in usable), nvlink_all=nvlink_all,
-        names=tuple(g.name for g in usable)), warnings
+        names=tuple(g.name for g in usable), pool=shared_pool(hw, usable)), warnings
 
 
 def _cc_matches(cc: tuple[int, int], spec: str) -> bool:
@@ -242,6 +245,8 @@ def _layouts(v: Variant, view: GpuView, opts: PlanOptions, engine: str) -> list[
 def _gmu(choice: EngineChoice, view: GpuView, family: str) -> tuple[float, str]:
     """The memory fraction: the engine's default, lowered when other processes hold memory."""
     eng = choice.engine
+    if view.pool:
+        return view.pool.fraction, view.pool.reason
     default, source = eng.default("gpu_memory_utilization", choice.version)
     if default is None:
         default, source = 0.90, "SGLang's own fraction is derived from the sizing below"
@@ -460,7 +465,16 @@ def make_plan(hw: Hardware, opts: PlanOptions = PlanOptions()) -> Plan:
             options.extend(_candidates(v, choice, view, opts, goal))
         if not any(o.cand.variant is v for o in options):
             plan.rejected.append(Rejected(v.id, "; ".join(dict.fromkeys(problems)) or "no engine can load it here"))
-    best, by_variant = _search(options, ladder, goal, opts, view)
+    # Variants that fit the free disk first; the others only when none of those fits.
+    on_disk = [o for o in options if not disk.shortfall(o.cand.variant, hw)]
+    best, by_variant = _search(on_disk, ladder, goal, opts, view) if len(on_disk) < len(options) else (None, {})
+    if best is not None:
+        short = {o.cand.variant.id: o.cand.variant for o in options if disk.shortfall(o.cand.variant, hw)}
+        plan.rejected.extend(Rejected(v.id, disk.rejection(v, hw)) for v in short.values())
+    else:
+        best, by_variant = _search(options, ladder, goal, opts, view)
+        if best is not None and disk.shortfall(best.cand.variant, hw):
+            plan.warnings.append(disk.warning(best.cand.variant, hw))
     for v in pool:
         if v.id in by_variant or any(r.variant == v.id for r in plan.rejected):
             continue
@@ -476,8 +490,8 @@ def _search(options, ladder, goal, opts, view):
     by_variant: dict[str, Option] = {}
     best = None
     facts = load_profile("engines.yaml")["engines"]["vllm-offload"]["expert_cache"]
-    # Stock engines first; then the fork with a cache big enough to rarely overflow; then any.
-    for offload, min_slots in ((False, 0), (True, facts["comfortable_slots"]), (True, facts["min_slots"])):
+    # Stock engines first; then the fork, only with enough experts resident (profiles/engines.yaml).
+    for offload, min_slots in ((False, 0), (True, facts["min_resident_experts"])):
         for context in ladder:
             found = [e for o in options if (o.cand.engine == "vllm-offload") == offload
                      for e in [_evaluate(o, context, goal, opts, view, min_slots)] if e]
@@ -494,6 +508,7 @@ def _search(options, ladder, goal, opts, view):
 
 def _why_not(v: Variant, options, ladder, goal, opts, view) -> str:
     mine = [o for o in options if o.cand.variant is v]
+    mine = [o for o in mine if o.cand.engine != "vllm-offload"] or mine   # the fork says its own (_fork_refusals)
     if not mine:
         return "no engine/layout can load it here"
     top = max(mine, key=lambda o: o.sized.cache_bytes)
@@ -527,9 +542,22 @@ def _no_gpu_plan(plan: Plan, hw: Hardware, opts: PlanOptions, choices) -> Plan:
     return plan
 
 
+def _fork_refusals(options, ladder, goal, opts, view, hw) -> list[str]:
+    """The fork's best plan below the resident-expert threshold, said as what it would take."""
+    near = [e for context in ladder for o in options if o.cand.engine == "vllm-offload"
+            for e in [_evaluate(o, context, goal, opts, view, offload.facts()["min_slots"])] if e]
+    if not near:
+        return []
+    best = max(near, key=lambda e: (e.cand.expert_cache, e.context))
+    v = best.cand.variant
+    slot = weights_on_gpu(replace(best.cand, expert_cache=0))[2]
+    return [offload.refusal(v.id, best.cand.expert_cache, v.model.shape.experts, slot, best.sized.budget,
+                            view.cuda_total, view.cuda_free, v.disk.experts, hw, view.gpus)]
+
+
 def _infeasible(plan: Plan, opts: PlanOptions, hw: Hardware, ladder, options, view) -> Plan:
     reasons = [f"{r.variant}: {r.reason}" for r in plan.rejected]
-    plan.requirements = reasons[:]
+    plan.requirements = reasons + _fork_refusals(options, ladder, goals()[opts.goal], opts, view, hw)
     overrides = {k: getattr(opts, k) for k in ("variant", "context", "concurrency", "kv_dtype", "engine", "engine_version")
                  if getattr(opts, k) not in (None, "auto")}
     if overrides:
@@ -578,6 +606,7 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
     elif better:
         reason += f"; higher-ranked {', '.join(a.cand.variant.id for a in better)} only reach shorter contexts or fewer sequences"
     D(Decision("variant", v.id, reason, "; ".join(v.sources[:2])))
+    D(disk.decision(v, from_dict(plan.hardware)))
     for p in v.problems:
         if p.get("engine") in (None, eng.id) and _problem_applies(p, c, view):
             plan.warnings.append(f"{v.id}: {p['text']} ({p['source']})")
@@ -620,11 +649,13 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
         settings["gpu_memory_utilization"] = None
         D(Decision("mem_fraction_static", settings["mem_fraction_static"],
                    f"weights {gib(s.weights)} + KV/state pool {gib(s.cache_bytes)} over {gib(view.cuda_total)}; "
-                   f"activations ({gib(s.activation)}) and CUDA graphs ({gib(s.cudagraph)}) stay outside it",
-                   "sglang/srt/model_executor/model_runner.py (mem_fraction_static covers weights and pools)"))
+                   f"activations ({gib(s.activation)}) and CUDA graphs ({gib(s.cudagraph)}) stay outside it" +
+                   (f"; the budget is {view.pool.reason}" if view.pool else ""),
+                   "sglang/srt/model_executor/model_runner.py (mem_fraction_static covers weights and pools)" +
+                   (f"; {view.pool.source}" if view.pool else "")))
     else:
         D(Decision("gpu_memory_utilization", settings["gpu_memory_utilization"], _gmu(o.choice, view, c.family)[1],
-                   "vllm serve --help (--gpu-memory-utilization)"))
+                   view.pool.source if view.pool else "vllm serve --help (--gpu-memory-utilization)"))
     kv_per_seq = s.layout.bytes_per_request(o.context) if s.layout else o.context * s.kv_per_token + s.state_per_seq
     D(Decision("kv_cache_dtype", "fp8" if c.kv_dtype == "fp8" else "auto (bf16)",
                (f"--kv-dtype {opts.kv_dtype}" if opts.kv_dtype else
@@ -757,7 +788,7 @@ def _cold_tier(v: Variant, plan: Plan, c: Candidate) -> dict:
     facts = load_profile("engines.yaml")["engines"]["vllm-offload"]["expert_cache"]
     ram = (plan.hardware.get("host") or {})
     usable = min([x for x in (ram.get("ram_available_bytes"), ram.get("cgroup_memory_limit_bytes")) if x] or [0])
-    need = v.disk.experts + 8 * GiB
+    need = offload.host_ram_needed(v.disk.experts)
     if usable >= need:
         return {facts["cold_tier_env"]: "ram"}
     plan.warnings.append(f"experts not on the GPU are read from a disk-backed store (~{gib(v.disk.experts)} extra "

@@ -91,7 +91,7 @@ def render(plan: dict, extra_args: tuple[str, ...] = ()) -> dict:
     args += list(extra_args)
     checked = check_flags(engine.id, version, args)
     env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"} if plan["parallel"].get("gpu_ids") else {}
-    gpus = plan["parallel"].get("gpu_uuids") or [str(i) for i in plan["parallel"].get("gpu_ids") or ()]
+    gpus = _visible_devices(plan["parallel"], engine.device_ids(version))
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     env.update({k: str(v) for k, v in (settings.get("env") or {}).items()})
@@ -105,6 +105,14 @@ def render(plan: dict, extra_args: tuple[str, ...] = ()) -> dict:
     full = argv + args
     return {"argv": full, "env": env, "secret_env": secret_env, "secret_args": secret_args,
             "shell": shell_line(full, env), "flags_checked_against": checked}
+
+
+def _visible_devices(parallel: dict, naming: str) -> list[str]:
+    """CUDA_VISIBLE_DEVICES entries: UUIDs, or PCI-order indices for engine versions that parse
+    the variable with int() (profiles/engines.yaml device_ids)."""
+    if naming == "uuid" and parallel.get("gpu_uuids"):
+        return list(parallel["gpu_uuids"])
+    return [str(i) for i in parallel.get("gpu_pci_indices") or parallel.get("gpu_ids") or ()]
 
 
 def shell_line(argv: list[str], env: dict[str, str]) -> str:

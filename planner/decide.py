@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from . import disk, offload
+from . import disk, offload, shm
 from .budget import SharedPool, shared_pool
 from .catalog import find_gpu, load_profile
 from .engines import Engine, check_version, get_engine, pick, workarounds
@@ -33,7 +33,7 @@ DEFAULT_MODEL = "qwen3.6-35b-a3b"
 GOALS = ("balanced", "long-context", "throughput")
 TP_SIZES = (1, 2, 4, 8)
 MTP_TOKENS = 2
-MTP_SOURCE = ("seed 004_4013bd33fa33a1c3.txt (num_speculative_tokens 2); "
+MTP_SOURCE = ("https://huggingface.co/palmfuture/Qwen3.6-35B-A3B-GPTQ-Int4 (num_speculative_tokens 2); "
               "https://huggingface.co/Qwen/Qwen3.6-35B-A3B (MTP speculative decoding)")
 
 
@@ -221,6 +221,9 @@ def _support_problem(v: Variant, choice: EngineChoice, view: GpuView) -> str | N
     need = v.min_compute_capability()
     if need and view.cc < tuple(int(x) for x in need.split(".")):
         return f"needs compute capability {need}+ (these GPUs: {view.cc_text})"
+    need = spec.get("min_compute_capability")   # this engine's kernels for this format
+    if need and view.cc < tuple(int(x) for x in need.split(".")):
+        return f"{eng.name} needs compute capability {need}+ for it (these GPUs: {view.cc_text}; {spec['cc_source']})"
     eng_cc = eng.min_compute_capability(choice.version)
     if eng_cc and view.cc < tuple(int(x) for x in eng_cc[0].split(".")):
         return f"{eng.name} {choice.version} needs compute capability {eng_cc[0]}+ (these GPUs: {view.cc_text})"
@@ -613,14 +616,17 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
     # parallel
     ids = [g.index for g in view.gpus][: c.gpus // c.pp] if c.pp == 1 else [g.index for g in view.gpus]
     uuids = [g.uuid for g in view.gpus if g.index in ids]
+    pci = [g.nvml_index for g in view.gpus if g.index in ids]
     plan.parallel = {"tensor": c.tp, "pipeline": c.pp, "data": c.dp, "expert": False, "nodes": opts.nodes,
-                     "gpu_ids": ids, "gpu_uuids": uuids if all(uuids) else []}
+                     "gpu_ids": ids, "gpu_uuids": uuids if all(uuids) else [],
+                     "gpu_pci_indices": pci if all(i is not None for i in pci) and not any(g.mig for g in view.gpus) else []}
     D(Decision("parallel", f"TP {c.tp} x DP {c.dp}" + (f" x PP {c.pp}" if c.pp > 1 else ""),
                _parallel_reason(o, view, goal), "https://docs.vllm.ai/en/latest/serving/parallelism_scaling.html" +
                ("; https://docs.vllm.ai/en/latest/serving/data_parallel_deployment/; benchmarks/gpu/results/h200x2"
                 if c.dp > 1 and c.family == "vllm" else "")))
     if view.count > 1 and c.tp > 1 and not view.nvlink_all:
         plan.warnings.append("tensor parallel over PCIe (no NVLink between these GPUs): all-reduces cost latency")
+    plan.warnings.extend(w for w in [shm.warning(from_dict(plan.hardware), c.gpus)] if w)
     if len(ids) < view.count:
         plan.warnings.append(f"GPU(s) {', '.join(str(g.index) for g in view.gpus if g.index not in ids)} stay idle in this layout")
     # settings
@@ -663,7 +669,7 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
                  "fp8: halves the KV cache (10,240 B/token instead of 20,480) so the targets fit")) +
                (" (storage only on this GPU: attention computes in 16-bit below compute capability 8.9)"
                 if c.kv_dtype == "fp8" and view.cc < (8, 9) else ""),
-               "DESIGN.md memory model: 2 x 10 layers x KV heads x 256 x bytes; seed 004 (fp8 KV storage-only on Ampere)"))
+               "DESIGN.md memory model: 2 x 10 layers x KV heads x 256 x bytes; https://huggingface.co/palmfuture/Qwen3.6-35B-A3B-GPTQ-Int4 (fp8 KV storage-only on Ampere)"))
     ctx_reason = (f"{o.context:,} tokens: " +
                   (f"--context {opts.context}" if opts.context else
                    f"the first step of the {opts.goal} ladder ({', '.join(f'{x:,}' for x in goal['contexts'])}) where the targets fit") +

@@ -541,7 +541,7 @@ def _no_gpu_plan(plan: Plan, hw: Hardware, opts: PlanOptions, choices) -> Plan:
                          f"{p.settings['max_model_len']:,} tokens of context, {p.settings['max_num_seqs']} sequences")
     plan.requirements = found or ["a GPU with at least 12 GB and compute capability 7.5"]
     plan.decisions.append(Decision("hardware", "no GPU", "nothing to plan on; see requirements for the smallest GPUs "
-                                   "that serve the model and what each gives", "qwenplan probe (NVML)"))
+                                   "that serve the model and what each gives", "planner/probe.py (NVML)"))
     return plan
 
 
@@ -657,11 +657,11 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
                    f"weights {gib(s.weights)} + KV/state pool {gib(s.cache_bytes)} over {gib(view.cuda_total)}; "
                    f"activations ({gib(s.activation)}) and CUDA graphs ({gib(s.cudagraph)}) stay outside it" +
                    (f"; the budget is {view.pool.reason}" if view.pool else ""),
-                   "sglang/srt/model_executor/model_runner.py (mem_fraction_static covers weights and pools)" +
+                   "https://github.com/sgl-project/sglang/blob/v0.5.23/python/sglang/srt/model_executor/model_runner.py (mem_fraction_static covers weights and pools)" +
                    (f"; {view.pool.source}" if view.pool else "")))
     else:
         D(Decision("gpu_memory_utilization", settings["gpu_memory_utilization"], _gmu(o.choice, view, c.family)[1],
-                   view.pool.source if view.pool else "vllm serve --help (--gpu-memory-utilization)"))
+                   view.pool.source if view.pool else "profiles/flags/vllm-*.txt (vllm serve --help: --gpu-memory-utilization)"))
     kv_per_seq = s.layout.bytes_per_request(o.context) if s.layout else o.context * s.kv_per_token + s.state_per_seq
     D(Decision("kv_cache_dtype", "fp8" if c.kv_dtype == "fp8" else "auto (bf16)",
                (f"--kv-dtype {opts.kv_dtype}" if opts.kv_dtype else
@@ -669,7 +669,7 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
                  "fp8: halves the KV cache (10,240 B/token instead of 20,480) so the targets fit")) +
                (" (storage only on this GPU: attention computes in 16-bit below compute capability 8.9)"
                 if c.kv_dtype == "fp8" and view.cc < (8, 9) else ""),
-               "DESIGN.md memory model: 2 x 10 layers x KV heads x 256 x bytes; https://huggingface.co/palmfuture/Qwen3.6-35B-A3B-GPTQ-Int4 (fp8 KV storage-only on Ampere)"))
+               "planner/memory.py (2 x 10 layers x KV heads x 256 x bytes); https://huggingface.co/palmfuture/Qwen3.6-35B-A3B-GPTQ-Int4 (fp8 KV storage-only on Ampere)"))
     ctx_reason = (f"{o.context:,} tokens: " +
                   (f"--context {opts.context}" if opts.context else
                    f"the first step of the {opts.goal} ladder ({', '.join(f'{x:,}' for x in goal['contexts'])}) where the targets fit") +
@@ -722,7 +722,7 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
                if c.eager else "CUDA graphs on: faster decoding" + (
                    f" ({gib(s.cudagraph)} for graphs counted inside the budget)" if s.cudagraph_in_budget else
                    f" ({gib(s.cudagraph)} for graphs outside the budget, as this version does not profile them)"),
-               "vllm serve --help (--enforce-eager)"))
+               "profiles/flags/vllm-*.txt (vllm serve --help: --enforce-eager)"))
     D(Decision("vision", not settings["disable_vision"],
                "text only: " + ("the checkpoint has no vision weights" if not v.has_vision else
                                 "the vision tower and encoder cache are skipped (pass --vision to serve images)")
@@ -734,12 +734,12 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
         plan.warnings.append(f"serving on {opts.host}: reachable from other machines; set "
                              f"{settings['api_key_env']} to require an API key")
     D(Decision("listen", f"{opts.host}:{opts.port}", "loopback only unless --host says otherwise" if opts.host == "127.0.0.1"
-               else "--host", "qwenplan security default"))
+               else "--host", "policy: loopback unless --host says otherwise"))
     if o.measured:
         D(Decision("memory_model", f"measured on this box on {o.measured['date']}",
                    f"weights, activation and graph memory as {eng.name} {c.version} reported them for this GPU, variant, "
                    f"KV dtype and TP ({o.measured.get('source')}), in place of the formula",
-                   "qwenplan calibration list"))
+                   "launch/calibration.py (qwenplan calibration list)"))
         if eng.arg_spellings("kv_cache_memory_bytes"):
             # With a measured reserve the exact KV bytes are known: let vLLM take exactly those.
             settings["kv_cache_memory_bytes"] = max(0, s.cache_bytes)

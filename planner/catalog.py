@@ -78,6 +78,9 @@ class GPUProfile:
     tier: str
     sources: tuple[str, ...] = field(default=())
     memory_visible_mib: int | None = None
+    # Dense tensor-core peaks (no sparsity), TFLOP/s: what the speed model's prefill terms use.
+    bf16_tflops: float | None = None
+    fp8_tflops: float | None = None
 
     @property
     def shares_host_memory(self) -> bool:
@@ -110,6 +113,7 @@ def _gpu_from(d: dict) -> GPUProfile:
         fp4=bool(d.get("fp4")), nvlink=bool(d.get("nvlink")), unified_memory=d.get("unified_memory") or None,
         tier=d.get("tier", "datacenter"), sources=tuple(d.get("sources") or ([d["source"]] if d.get("source") else [])),
         memory_visible_mib=d.get("memory_visible_mib"),
+        bf16_tflops=d.get("bf16_tflops"), fp8_tflops=d.get("fp8_tflops"),
     )
 
 

@@ -3,14 +3,14 @@ it would take to keep enough there (profiles/engines.yaml, vllm-offload expert_c
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 from .catalog import load_profile
 from .hardware import Hardware
 from .units import GiB, gib
 
 
-@lru_cache(maxsize=None)
+@cache
 def facts() -> dict:
     return load_profile("engines.yaml")["engines"]["vllm-offload"]["expert_cache"]
 

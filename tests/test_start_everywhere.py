@@ -201,6 +201,15 @@ def test_fork_with_few_experts_resident_is_infeasible_with_what_it_would_take(ar
         assert "host RAM" in line
 
 
+def test_a_16gb_card_gets_the_fork_with_enough_experts_resident():
+    doc = plan_json("--gpu", "RTX 4060 Ti 16GB", "--ram", "64G")
+    assert doc["engine"]["name"] == "vllm-offload" and "feat-ct-moe-wna16-marlin-offload" in doc["engine"]["install"]
+    assert doc["settings"]["expert_cache_size"] >= 128 and doc["settings"]["enforce_eager"] is True
+    argv, env = doc["command"]["argv"], doc["command"]["env"]
+    assert "--moe-expert-cache-size" in argv and env["VLLM_MOE_COLD_TIER_MODE"] == "ram"
+    assert "--language-model-only" in argv
+
+
 def test_busy_gpu_fork_says_free_the_gpu(replay):
     hw = replay("synthetic-4090-busy")
     p = make_plan(hw, PlanOptions())

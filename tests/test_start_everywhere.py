@@ -208,6 +208,7 @@ def test_a_16gb_card_gets_the_fork_with_enough_experts_resident():
     argv, env = doc["command"]["argv"], doc["command"]["env"]
     assert "--moe-expert-cache-size" in argv and env["VLLM_MOE_COLD_TIER_MODE"] == "ram"
     assert "--language-model-only" in argv
+    assert "tokens/s" in decision(doc, "speed")["value"]    # explain states the fork's predicted speed
 
 
 def test_busy_gpu_fork_says_free_the_gpu(replay):

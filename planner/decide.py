@@ -803,7 +803,7 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
     plan.performance = _performance(o, goal, predictor)
     at_goal = plan.performance["levels"][f"c{plan.performance['goal_concurrency']}"]
     D(Decision("speed", f"{at_goal['tokens_per_s']:,.0f} tokens/s at {at_goal['concurrency']} concurrent requests", _speed_reason(o, alternatives, goal, predictor),
-               "planner/speed.py; constants in profiles/speed.yaml, checked against benchmarks/gpu/results"))
+               "planner/speed.py; profiles/speed.yaml (constants, checked against benchmarks/gpu/results)"))
     if s.layout and o.seqs > o.full_length:
         plan.warnings.append(f"{o.seqs} sequences are allowed but the pool holds {o.full_length} full-length "
                              f"({o.context:,}-token) request(s) at once; longer mixes queue")

@@ -162,7 +162,7 @@ def render(plan: dict, extra_args: tuple[str, ...] = ()) -> dict:
     args += list(extra_args)
     checked = check_flags(engine.id, version, args)
     env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"} if plan["parallel"].get("gpu_ids") else {}
-    gpus = plan["parallel"].get("gpu_uuids") or [str(i) for i in plan["parallel"].get("gpu_ids") or ()]
+    gpus = _visible_devices(plan["parallel"], engine.device_ids(version))
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     env.update({k: str(v) for k, v in (settings.get("env") or {}).items()})
@@ -198,6 +198,14 @@ def tokenizer_flags(engine_id: str, version: str) -> list[tuple[str, int]]:
                     n += 1
                 out.append((item, n))
     return out
+
+
+def _visible_devices(parallel: dict, naming: str) -> list[str]:
+    """CUDA_VISIBLE_DEVICES entries: UUIDs, or PCI-order indices for engine versions that parse
+    the variable with int() (profiles/engines.yaml device_ids)."""
+    if naming == "uuid" and parallel.get("gpu_uuids"):
+        return list(parallel["gpu_uuids"])
+    return [str(i) for i in parallel.get("gpu_pci_indices") or parallel.get("gpu_ids") or ()]
 
 
 def shell_line(argv: list[str], env: dict[str, str]) -> str:

@@ -101,12 +101,22 @@ class GPUProfile:
     fp8: bool
     fp4: bool
     nvlink: bool
-    unified_memory: bool
+    unified_memory: str | None       # None, "coherent" (own HBM) or "shared" (one pool with the CPU)
     tier: str
     sources: tuple[str, ...] = field(default=())
+    memory_visible_mib: int | None = None
     # Dense tensor-core peaks (no sparsity), TFLOP/s: what the speed model's prefill terms use.
     bf16_tflops: float | None = None
     fp8_tflops: float | None = None
+
+    @property
+    def shares_host_memory(self) -> bool:
+        return self.unified_memory == "shared"
+
+    @property
+    def visible_memory_bytes(self) -> int:
+        """What CUDA calls total: a shared pool's measured visible size, else the profile's memory."""
+        return (self.memory_visible_mib or self.memory_mib) * MiB
 
     @property
     def memory_bytes(self) -> int:
@@ -127,8 +137,9 @@ def _gpu_from(d: dict) -> GPUProfile:
         architecture=d["architecture"], compute_capability=str(d["compute_capability"]),
         memory_mib=int(d["memory_mib"]), memory_mib_measured=bool(d.get("memory_mib_measured")),
         memory_bandwidth_gbs=d.get("memory_bandwidth_gbs"), bf16=bool(d.get("bf16")), fp8=bool(d.get("fp8")),
-        fp4=bool(d.get("fp4")), nvlink=bool(d.get("nvlink")), unified_memory=bool(d.get("unified_memory")),
+        fp4=bool(d.get("fp4")), nvlink=bool(d.get("nvlink")), unified_memory=d.get("unified_memory") or None,
         tier=d.get("tier", "datacenter"), sources=tuple(d.get("sources") or ([d["source"]] if d.get("source") else [])),
+        memory_visible_mib=d.get("memory_visible_mib"),
         bf16_tflops=d.get("bf16_tflops"), fp8_tflops=d.get("fp8_tflops"),
     )
 

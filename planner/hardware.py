@@ -50,6 +50,7 @@ class GPU:
     nvlink_peers: list[int] = field(default_factory=list)
     nvml_index: int | None = None
     processes: int | None = None
+    unified_memory: bool = False      # GPU and CPU share one pool (GB10, Jetson): total is the host's memory
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -59,7 +60,7 @@ class GPU:
             return None
         reserved = self.memory_reserved_bytes
         if reserved is None:
-            reserved = ASSUMED_RESERVED_BYTES
+            reserved = 0 if self.unified_memory else ASSUMED_RESERVED_BYTES
         return self.memory_total_bytes - reserved
 
     @property
@@ -86,6 +87,7 @@ class Host:
     shm_bytes: int | None = None
     disk_path: str | None = None
     disk_free_bytes: int | None = None
+    hf_cached_bytes: dict[str, int] = field(default_factory=dict)   # repo -> bytes already in the HF cache
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -114,6 +116,7 @@ class Hardware:
                 "memory_reserved_bytes": g.memory_reserved_bytes,
                 "compute_capability": g.compute_capability, "mig": g.mig, "mig_profile": g.mig_profile,
                 "nvlink_peers": list(g.nvlink_peers), "nvml_index": g.nvml_index, "processes": g.processes,
+                "unified_memory": g.unified_memory,
             }
             d.update(g.extra)
             gpus.append(d)
@@ -122,7 +125,7 @@ class Hardware:
             "ram_total_bytes": h.ram_total_bytes, "ram_available_bytes": h.ram_available_bytes,
             "cgroup_memory_limit_bytes": h.cgroup_memory_limit_bytes, "swap_total_bytes": h.swap_total_bytes,
             "cpu_count": h.cpu_count, "shm_bytes": h.shm_bytes, "disk_path": h.disk_path,
-            "disk_free_bytes": h.disk_free_bytes,
+            "disk_free_bytes": h.disk_free_bytes, "hf_cached_bytes": dict(h.hf_cached_bytes),
         }
         host.update(h.extra)
         doc = {"schema": SCHEMA, "origin": self.origin, "gpus": gpus, "host": host,
@@ -135,9 +138,9 @@ class Hardware:
 
 _GPU_KEYS = {"index", "name", "uuid", "pci_bus_id", "memory_total_bytes", "memory_free_bytes",
              "memory_reserved_bytes", "compute_capability", "mig", "mig_profile", "nvlink_peers",
-             "nvml_index", "processes"}
+             "nvml_index", "processes", "unified_memory"}
 _HOST_KEYS = {"ram_total_bytes", "ram_available_bytes", "cgroup_memory_limit_bytes", "swap_total_bytes",
-              "cpu_count", "shm_bytes", "disk_path", "disk_free_bytes"}
+              "cpu_count", "shm_bytes", "disk_path", "disk_free_bytes", "hf_cached_bytes"}
 _TOP_KEYS = {"schema", "origin", "gpus", "host", "driver", "engines", "notes", "cuda_visible_devices"}
 
 
@@ -225,19 +228,23 @@ def _read_gpu(r: _Reader, d: Any, i: int, lookup) -> GPU:
     total = r.size(d, "memory_total_bytes", path, MAX_GPU_MEMORY_BYTES)
     free = r.size(d, "memory_free_bytes", path, MAX_GPU_MEMORY_BYTES)
     reserved = r.size(d, "memory_reserved_bytes", path, MAX_GPU_MEMORY_BYTES)
-    if (total is None or cc is None) and lookup is not None:
+    unified = d.get("unified_memory")
+    if unified is not None and not isinstance(unified, bool):
+        r.fail(f"{path}.unified_memory", f"must be true or false (got {unified!r})")
+    profile = lookup(name) if lookup is not None and (total is None or cc is None or unified is None) else None
+    if profile is not None:
         # A hand-written document may name a known GPU and leave its facts to the profile.
-        profile = lookup(name)
-        if profile is not None:
-            total = total if total is not None else profile.memory_bytes
-            cc = cc or profile.compute_capability
+        unified = profile.shares_host_memory if unified is None else unified
+        total = total if total is not None else profile.visible_memory_bytes
+        cc = cc or profile.compute_capability
+    unified = bool(unified)
     if total is not None and free is not None and free > total:
         r.fail(f"{path}.memory_free_bytes", f"({free}) is larger than memory_total_bytes ({total})")
     if total is not None and (reserved if reserved is not None else ASSUMED_RESERVED_BYTES) >= total:
         r.fail(f"{path}.memory_reserved_bytes", f"({reserved if reserved is not None else ASSUMED_RESERVED_BYTES}) "
                f"leaves nothing of memory_total_bytes ({total}) for CUDA")
     if free is None and total is not None:
-        free = total - (reserved if reserved is not None else ASSUMED_RESERVED_BYTES)
+        free = total - (reserved if reserved is not None else 0 if unified else ASSUMED_RESERVED_BYTES)
     peers = d.get("nvlink_peers") or []
     if not isinstance(peers, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in peers):
         r.fail(f"{path}.nvlink_peers", f"must be a list of GPU indices (got {peers!r})")
@@ -251,7 +258,16 @@ def _read_gpu(r: _Reader, d: Any, i: int, lookup) -> GPU:
         memory_reserved_bytes=reserved, mig=mig,
         mig_profile=r.text(d, "mig_profile", path), nvlink_peers=list(peers),
         nvml_index=r.integer(d, "nvml_index", path), processes=r.integer(d, "processes", path),
+        unified_memory=unified, extra={k: v for k, v in d.items() if k not in _GPU_KEYS},
     )
+
+
+def _cached(r: _Reader, value: Any) -> dict[str, int]:
+    value = r.mapping(value, "host.hf_cached_bytes")
+    for repo, n in value.items():
+        if not isinstance(repo, str) or isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            r.fail(f"host.hf_cached_bytes.{repo}", f"must map a repo to a number of bytes (got {n!r})")
+    return dict(value)
 
 
 def _valid_cc(cc: str) -> bool:
@@ -294,6 +310,8 @@ def from_dict(doc: Any, label: str = "hardware document", lookup=None) -> Hardwa
         swap_total_bytes=r.size(h, "swap_total_bytes", "host"), cpu_count=cpu,
         shm_bytes=r.size(h, "shm_bytes", "host"), disk_path=r.text(h, "disk_path", "host"),
         disk_free_bytes=r.size(h, "disk_free_bytes", "host"),
+        hf_cached_bytes=_cached(r, h.get("hf_cached_bytes")),
+        extra={k: v for k, v in h.items() if k not in _HOST_KEYS},
     )
     if host.ram_total_bytes is None and host.ram_available_bytes is not None:
         host.ram_total_bytes = host.ram_available_bytes

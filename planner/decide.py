@@ -668,7 +668,7 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
                      "gpu_ids": ids, "gpu_uuids": uuids if all(uuids) else [],
                      "gpu_pci_indices": pci if all(i is not None for i in pci) and not any(g.mig for g in view.gpus) else []}
     D(Decision("parallel", f"TP {c.tp} x DP {c.dp}" + (f" x PP {c.pp}" if c.pp > 1 else ""),
-               _parallel_reason(o, view, goal), "https://docs.vllm.ai/en/latest/serving/parallelism_scaling.html" +
+               _parallel_reason(o, view, goal) + _layout_speed(o, goal, predictor), "https://docs.vllm.ai/en/latest/serving/parallelism_scaling.html" +
                ("; https://docs.vllm.ai/en/latest/serving/data_parallel_deployment/; benchmarks/gpu/results/h200x2"
                 if c.dp > 1 and c.family == "vllm" else "")))
     if view.count > 1 and c.tp > 1 and not view.nvlink_all:
@@ -871,9 +871,24 @@ def _parallel_reason(o: Option, view: GpuView, goal: dict) -> str:
                     f"which leaves more KV cache than {c.dp} full replicas; the ranks step in lockstep")
         return f"each GPU holds a full replica; {c.dp} replicas serve {c.dp}x the requests without all-reduce traffic"
     if c.tp > 1 and c.dp == 1:
-        return (f"the weights need {c.tp} GPUs' memory" if o.seqs else "") + (
+        need = o.sized.weights * c.tp > view.cuda_total * 0.9
+        return (f"the weights need {c.tp} GPUs' memory" if need else
+                f"tensor parallel over {c.tp} GPUs: each step streams half the weights per GPU") + (
             " (NVLink)" if view.nvlink_all else " (PCIe)")
     return f"{c.dp} replicas of {c.tp} GPUs each"
+
+
+def _layout_speed(o: Option, goal: dict, predictor: Predictor) -> str:
+    """The chosen layout's predicted speed beside the other way to use the same GPUs."""
+    c = o.cand
+    n = c.tp * c.dp
+    if n == 1:
+        return ""
+    other = replace(c, tp=1, dp=n) if c.tp > 1 else replace(c, tp=n, dp=1)
+    conc = goal.get("concurrency", 1)
+    mine, theirs = predictor.burst(c, conc).tokens_per_s, predictor.burst(other, conc).tokens_per_s
+    return (f"; predicted {mine:,.0f} tokens/s at {conc} concurrent requests, against {theirs:,.0f} as "
+            f"TP {other.tp} x DP {other.dp} (planner/speed.py)")
 
 
 def _seqs_reason(o: Option, goal: dict, opts: PlanOptions) -> str:

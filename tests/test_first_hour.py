@@ -52,8 +52,10 @@ def fake_vllm(tmp_path):
     exe.chmod(0o755)
     for repo in ("Qwen/Qwen3.6-35B-A3B-FP8", "Qwen/Qwen3.6-35B-A3B"):
         cache_config(tmp_path / "hub", repo)
+    # auto and verify run only on GPUs the probe sees: NVML replays the recorded H100 here
     return {"PATH": f"{bindir}:{os.environ['PATH']}", "QWENPLAN_STATE_DIR": str(tmp_path / "state"),
-            "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+            "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": f"{ROOT / 'tests' / 'fakes' / 'nvml_here'}{os.pathsep}{ROOT}"}
 
 
 # --- item 8: verify with dummy weights -------------------------------------------------------
@@ -63,7 +65,7 @@ def test_verify_leaves_out_the_parsers_keeps_extra_args_and_takes_the_only_engin
     """vLLM 0.26 stops at start when the parsers come with --skip-tokenizer-init (the stand-in
     does too); `--engine-version 0.26.0` alone is vLLM's release, so it plans for vLLM."""
     seen = tmp_path / "argv.json"
-    r = run(["verify", "--gpu", "H200", "--engine-version", "0.26.0", "--port", str(free_port()),
+    r = run(["verify", "--engine-version", "0.26.0", "--port", str(free_port()),
              "--extra-arg=--gdn-prefill-backend=triton"],
             env={**fake_vllm, "FAKE_ENGINE_VERSION": "0.26.0", "FAKE_ENGINE_ARGV_FILE": str(seen)})
     assert r.returncode == 0, r.stdout + r.stderr
@@ -143,7 +145,7 @@ class Auto:
         self.port = free_port()
         e = {**os.environ, "NO_COLOR": "1", **fake_vllm, "FAKE_ENGINE_DELAY": "0.1",
              "FAKE_ENGINE_PIDS_FILE": str(self.pids_file), **(env or {})}
-        self.proc = subprocess.Popen([sys.executable, "-m", "qwenplan.launch.cli", "auto", "--yes", "--gpu", "H100",
+        self.proc = subprocess.Popen([sys.executable, "-m", "qwenplan.launch.cli", "auto", "--yes",
                                       "--engine", "vllm", "--port", str(self.port), *args],
                                      env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue = queue.Queue()
@@ -352,7 +354,7 @@ def test_ctrl_c_at_the_prompt_exits_130(fake_vllm, tmp_path):
     # As from a terminal: a job started in the background inherits SIGINT ignored; undo that.
     start = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
              "sys.argv = ['qwenplan'] + sys.argv[1:]; runpy.run_module('qwenplan.launch.cli', run_name='__main__')")
-    proc = subprocess.Popen([sys.executable, "-c", start, "auto", "--gpu", "H100", "--engine", "vllm",
+    proc = subprocess.Popen([sys.executable, "-c", start, "auto", "--engine", "vllm",
                              "--port", str(free_port())], env={**os.environ, "NO_COLOR": "1", **fake_vllm},
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

@@ -113,10 +113,12 @@ def test_four_rtx3060_get_the_gptq_card_tensor_parallel_4_with_mtp():
     assert p.settings["kv_cache_dtype"] == "fp8"
 
 
-def test_two_h200_run_two_replicas_and_long_context_uses_tensor_parallel():
+def test_two_h200_use_both_gpus_by_predicted_speed_and_long_context_uses_tensor_parallel():
     p = plan_for("2x-h200-nvlink")
-    assert (p.parallel["tensor"], p.parallel["data"]) == (1, 2)
+    assert p.parallel["tensor"] * p.parallel["data"] == 2
     assert p.command["env"]["CUDA_VISIBLE_DEVICES"].count(",") == 1
+    reason = p.decision("parallel").reason
+    assert "predicted" in reason and "TP 1 x DP 2" in reason + f"TP {p.parallel['tensor']} x DP {p.parallel['data']}"
     lc = plan_for("2x-h200-nvlink", goal="long-context")
     assert lc.parallel["tensor"] == 2 and lc.settings["max_model_len"] > 262144
     assert lc.settings["hf_overrides"]["text_config"]["rope_parameters"]["rope_type"] == "yarn"

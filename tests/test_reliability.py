@@ -344,11 +344,11 @@ def test_a_report_far_off_the_prediction_is_kept_but_changes_no_plan_until_a_sec
 def test_explain_says_up_front_when_a_stored_report_sized_the_plan_and_no_calibration_ignores_it(store):
     w = int(store["doc"]["memory"]["weights_bytes"] * 0.9)
     write_record(store, [observation(store["doc"], weights=w)])
-    r = cli(["explain", *H100_VLLM], env=store["env"])
+    r = cli(["explain", "--verbose", *H100_VLLM], env=store["env"])
     assert r.returncode == 0, r.stderr
     head = r.stdout.split("Decisions")[0]
     assert "calibrated" in head and str(store["file"]) in head.replace("\n", "")
-    plain = cli(["explain", "--no-calibration", *H100_VLLM], env=store["env"])
+    plain = cli(["explain", "--verbose", "--no-calibration", *H100_VLLM], env=store["env"])
     assert "calibrated" not in plain.stdout and "memory_model: formula" in plain.stdout
 
 

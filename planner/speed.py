@@ -29,6 +29,8 @@ from .memory import deltanet_state_per_seq, kv_bytes_per_token
 from .model import Shape, tensors
 
 CONCURRENCIES = (1, 32, 128)
+# Weight formats with served runs behind the fitted constants (benchmarks/gpu/results).
+MEASURED_FORMATS = frozenset({"bf16", "fp8_block128"})
 INPUT_TOKENS = 1024       # the harness's load (benchmarks/gpu/load.py): 1,024 in, 256 out
 OUTPUT_TOKENS = 256
 
@@ -354,10 +356,11 @@ def burst(sh: StepShape, m: Machine, k: Constants, lay: Layout, concurrency: int
     total = sum(c.count for c in cohorts) or 1
     end = max((c.done_s or t) for c in cohorts) + k.request_overhead_s
     firsts = sorted(((c.first_token_s or t) + k.request_overhead_s, c.count) for c in cohorts)
-    half, acc, ttft = total / 2, 0.0, firsts[-1][0]
+    # the median as the harness takes it (benchmarks/gpu/load.py: index round(0.5 (n - 1)))
+    k, acc, ttft = round(0.5 * (total - 1)), 0.0, firsts[-1][0]
     for f, cnt in firsts:
         acc += cnt
-        if acc >= half:
+        if acc > k:
             ttft = f
             break
     tpot = sum(c.count * ((c.done_s or t) - (c.first_token_s or t)) / max(1, output_tokens - 1)

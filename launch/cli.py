@@ -95,14 +95,15 @@ def _plan_options(f):
     opts = [
         click.option("--goal", type=click.Choice(["balanced", "long-context", "throughput"]), default="balanced",
                      show_default=True, help="What to optimise for."),
-        click.option("--engine", default="auto", show_default=True, metavar="[auto|vllm|vllm-offload|sglang]",
+        click.option("--engine", default="auto", show_default=True, metavar="[auto|vllm|vllm-offload|sglang|llamacpp]",
                      help="Engine to plan for."),
         click.option("--engine-version", metavar="X", help="Plan for this engine version (installed or not)."),
         click.option("--variant", metavar="ID", help="Use this checkpoint variant (see `qwenplan variants`)."),
         click.option("--model", metavar="ID", help="Model to serve (default qwen3.6-35b-a3b)."),
         click.option("--context", type=int, metavar="N", help="Maximum context length in tokens."),
         click.option("--concurrency", type=int, metavar="N", help="Maximum concurrent sequences."),
-        click.option("--kv-dtype", metavar="[auto|fp8]", help="KV cache dtype."),
+        click.option("--kv-dtype", metavar="[auto|fp8|f16|q8_0|q4_0]",
+                     help="KV cache dtype (llama.cpp: f16, q8_0 or q4_0)."),
         click.option("--no-mtp", "no_mtp", is_flag=True, help="No MTP speculative decoding."),
         click.option("--mtp", "force_mtp", is_flag=True, help="MTP even where a known bug advises against it."),
         click.option("--vision", is_flag=True, help="Serve images and video too (text only by default)."),
@@ -419,11 +420,22 @@ def _log_dir(kind: str):
 @click.option("--retry", type=click.IntRange(0, 3), default=0, metavar="N",
               help="After a known failure, relaunch with a safer plan up to N times.")
 @click.option("--verify", "verify_first", is_flag=True, help="Check the plan with dummy weights before downloading.")
-def auto(dry_run, yes, retry, verify_first, **kw):
+@click.option("--model-path", type=click.Path(dir_okay=False),
+              help="llama.cpp plans: serve this local GGUF file instead of downloading the plan's.")
+def auto(dry_run, yes, retry, verify_first, model_path, **kw):
     """Probe, plan, fetch the checkpoint, launch, wait until healthy, smoke-test, stay in the foreground."""
     from qwenplan.launch import fetch, runner, views
 
     hw, p = _plan_here(kw)
+    gguf = p.status == "ok" and p.engine.get("name") == "llamacpp"
+    if model_path:
+        if not gguf:
+            raise InputError("--model-path serves a local GGUF file: it needs a llama.cpp plan", "add --engine llamacpp")
+        if not os.path.isfile(model_path):
+            raise InputError(f"--model-path {model_path}: no such file", "give the path of a .gguf file")
+        _serve_gguf(p, model_path)
+    if gguf and verify_first:
+        raise InputError("--verify runs vLLM with dummy weights; llama.cpp has no such mode", "drop --verify")
     views.show_plan(p, brief=True)
     if p.status != "ok":
         raise click.exceptions.Exit(3)
@@ -434,8 +446,9 @@ def auto(dry_run, yes, retry, verify_first, **kw):
     if doc["settings"]["host"] not in ("127.0.0.1", "localhost", "::1") and not any(
             os.environ.get(n) for n in doc["command"]["secret_env"][1:] + [a["env"] for a in doc["command"]["secret_args"]]):
         click.echo(f"qwenplan: warning: serving on {doc['settings']['host']} without an API key", err=True)
-    disk = [(str(fetch.hub_cache_dir()), 0 if fetch.cached_snapshot(doc["variant"]["repo"]) else doc["variant"]["size_bytes"],
-             f"the checkpoint {doc['variant']['repo']}")]
+    files = [doc["variant"]["gguf_file"]] if gguf else None     # llama.cpp: one file of the repository
+    disk = [(str(fetch.hub_cache_dir()), 0 if model_path or fetch.cached_snapshot(doc["variant"]["repo"], allow_patterns=files)
+             else doc["variant"]["size_bytes"], f"the checkpoint {doc['variant']['repo']}")]
     ram = 0
     if doc["engine"]["name"] == "vllm-offload":
         if doc["settings"]["env"].get("VLLM_MOE_COLD_TIER_MODE") == "disk":
@@ -450,9 +463,24 @@ def auto(dry_run, yes, retry, verify_first, **kw):
         raise click.exceptions.Exit(1)
     if verify_first:
         _verify(p, retry=retry)
-    fetch.ensure_checkpoint(doc["variant"]["repo"], doc["variant"].get("revision"), needed_bytes=doc["variant"]["size_bytes"])
+    if not model_path:
+        path = fetch.ensure_checkpoint(doc["variant"]["repo"], doc["variant"].get("revision"),
+                                       needed_bytes=doc["variant"]["size_bytes"], allow_patterns=files)
+        if gguf:
+            _serve_gguf(p, str(path / files[0]))
     out = _launch(p, retry=retry, log_dir=_log_dir("auto"))
     _finish(doc, out, "qwenplan auto")
+    if out.engine is not None and out.engine.alive():     # serve until the engine ends or a signal stops it
+        click.echo("qwenplan: serving; Ctrl-C or SIGTERM stops the engine", err=True)
+        raise click.exceptions.Exit(out.engine.wait() or 0)
+
+
+def _serve_gguf(p, path: str) -> None:
+    """A llama.cpp plan served from a local GGUF file (downloaded, or --model-path)."""
+    from qwenplan.launch.render import with_command
+
+    p.settings.update(model_path=os.path.abspath(path), hf_repo=None, hf_file=None)
+    with_command(p)
 
 
 def _finish(doc, out, source):

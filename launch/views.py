@@ -102,6 +102,28 @@ def memory_table(plan) -> Table:
     return t
 
 
+def llamacpp_table(plan) -> Table:
+    """llama.cpp: what sits on the GPU and in host RAM, and the predicted decode speed."""
+    m = plan.memory
+    t = _table(f"Memory (GiB) and speed: ~{m['decode_tokens_per_s']} tokens/s for one sequence (predicted)")
+    for col in ("part", "GPU", "host RAM"):
+        t.add_column(col, justify="right" if col != "part" else "left")
+    gpu = bool(m["gpus"])
+    kv = m["kv_cache_bytes"]
+    rows = [("weights", m["gpu_weights_bytes"], m["host_weights_bytes"]),
+            ("  of which experts", None, m["host_expert_bytes"]),
+            ("KV cache + DeltaNet state", kv if gpu else 0, 0 if gpu else kv),
+            ("compute buffers", m["compute_gpu_bytes"], m["compute_host_bytes"]),
+            ("context checkpoints", 0, m["ctx_checkpoint_bytes"]),
+            ("prompt cache (--cache-ram)", 0, m["cache_ram_bytes"]),
+            ("total", m["gpu_total_bytes"], m["host_total_bytes"])]
+    for name, g, h in rows:
+        t.add_row(name, "-" if not g else f"{g / (1 << 30):.2f}", "-" if not h else f"{h / (1 << 30):.2f}")
+    if gpu:
+        t.add_row("GPU budget", f"{m['per_gpu_budget_bytes'] / (1 << 30):.2f}", "")
+    return t
+
+
 def show_plan(plan, brief: bool = False) -> None:
     from qwenplan.planner.hardware import from_dict
 
@@ -133,7 +155,10 @@ def show_plan(plan, brief: bool = False) -> None:
             c.print(f"    {d.reason}", soft_wrap=False)
             c.print(f"    [dim]source: {d.source}[/dim]")
         c.print()
-        c.print(memory_table(plan))
+        if plan.engine.get("name") == "llamacpp":
+            c.print(llamacpp_table(plan))
+        else:
+            c.print(memory_table(plan))
         m = plan.memory
         c.print(f"KV cache: {m['kv_bytes_per_token']:,} B/token, DeltaNet state {m['state_bytes_per_seq'] / (1 << 20):.1f} MiB"
                 f"/sequence, attention block {m.get('block_size')} tokens; the pool holds "

@@ -87,7 +87,7 @@ def versions_on_file(engine: str) -> list[str]:
     prefix = f"{engine}-"
     names = [p.name for p in resources.files("qwenplan.profiles").joinpath("flags").iterdir()]
     out = [n[len(prefix):-4] for n in names if n.startswith(prefix) and n.endswith(".txt")]
-    return sorted((v for v in out if v[:1].isdigit()), key=Version)
+    return sorted((v for v in out if v.lstrip("b")[:1].isdigit()), key=Version)
 
 
 @lru_cache(maxsize=None)

@@ -24,7 +24,7 @@ from .errors import InputError
 from .hardware import Hardware
 from .model import Model, Shape
 from .plan import Decision, Plan, Rejected
-from .units import GiB, MiB, ceil_div, gib
+from .units import MiB, ceil_div, gib
 from .variants import Variant, get_variant, variants_of
 from .versions import Version
 from .weights import _sized_tensors

@@ -16,9 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 import gguf
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 # What llama-quantize leaves unquantized (src/llama-quant.cpp: norms, ffn_gate_inp, ssm_conv1d;

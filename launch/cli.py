@@ -347,6 +347,8 @@ def _report(plan_doc: dict, lines: list[str], source: str) -> None:
     from qwenplan.launch import calibration as cal
     from qwenplan.launch.engine_log import parse_memory
 
+    if plan_doc["engine"]["name"] == "llamacpp":
+        return _report_llamacpp(plan_doc, lines)
     rep = parse_memory(lines).to_dict()
     m = plan_doc["memory"]
     rows = [("weights", m.get("weights_bytes"), rep.get("weights_bytes")),
@@ -369,6 +371,24 @@ def _report(plan_doc: dict, lines: list[str], source: str) -> None:
     if rep.get("weights_bytes"):
         path = cal.record(plan_doc, rep, source)
         click.echo(f"stored in {path}")
+
+
+def _report_llamacpp(plan_doc: dict, lines: list[str]) -> None:
+    """llama-server's own buffer sizes beside the plan's (the file served may be another size
+    than the plan's variant with --model-path)."""
+    from qwenplan.launch.engine_log import parse_llamacpp
+
+    rep, m = parse_llamacpp(lines), plan_doc["memory"]
+    gpu = ("CUDA0",) if m.get("gpus") else ()
+    rows = [("weights on GPU", m.get("gpu_weights_bytes"), rep.total("model", gpu) if gpu else None),
+            ("weights in host RAM", m.get("host_weights_bytes"), rep.total("model") - rep.total("model", gpu)),
+            ("KV cache + state", m.get("kv_cache_bytes"), rep.total("KV") + rep.total("RS")),
+            ("compute buffers", (m.get("compute_gpu_bytes") or 0) + (m.get("compute_host_bytes") or 0),
+             rep.total("compute"))]
+    click.echo("memory: predicted / reported by llama-server")
+    for name, pred, got in rows:
+        show = [("-" if v is None else f"{v / (1 << 30):.2f} GiB") for v in (pred, got)]
+        click.echo(f"  {name:20} {show[0]:>12} {show[1]:>12}")
 
 
 def _launch(p, *, retry: int, log_dir, dummy_model: str | None = None, smoke: bool = True, keep: bool = True):
@@ -508,6 +528,9 @@ def _verify(p, retry: int = 0):
     from qwenplan.launch import fetch
 
     doc = p.to_dict()
+    if doc["engine"]["name"] == "llamacpp":
+        raise InputError("llama.cpp has no dummy-weight mode to verify a plan with",
+                         "`qwenplan auto` loads the real GGUF file and reports its memory")
     config = fetch.config_only(doc["variant"]["repo"], doc["variant"].get("revision"))
     out = _launch(p, retry=retry, log_dir=_log_dir("verify"), dummy_model=str(config.parent), smoke=False)
     try:

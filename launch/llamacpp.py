@@ -18,7 +18,8 @@ from pathlib import Path
 
 from qwenplan.planner.flags import parse_llama_help, render_flag_file
 
-_VERSION = re.compile(r"version: (?P<build>\d+) \((?P<commit>[0-9a-f]+)\)")
+# 'version: X (build 11312, commit 0c1e570)' in this build, 'version: 11312 (0c1e570)' in older ones
+_VERSION = re.compile(r"build (?P<build>\d+), commit (?P<commit>[0-9a-f]+)|version: (?P<old>\d+) \((?P<oldc>[0-9a-f]+)\)")
 FLAGS_DIR = Path(__file__).resolve().parent.parent / "profiles" / "flags"
 
 
@@ -40,13 +41,15 @@ def _run(path: str, *args: str, timeout: float = 30) -> str:
 
 
 def version(path: str) -> Build | None:
-    """`llama-server --version`: 'version: 11312 (0c1e570)'; None when it says no build number."""
+    """`llama-server --version`; None when it names no build number."""
     try:
         text = _run(path, "--version")
     except (OSError, subprocess.TimeoutExpired):
         return None
     m = _VERSION.search(text)
-    return Build(path, f"b{m['build']}", m["commit"], text.strip()) if m else None
+    if not m:
+        return None
+    return Build(path, f"b{m['build'] or m['old']}", m["commit"] or m["oldc"], text.strip())
 
 
 def flags(path: str) -> dict[str, tuple[str, ...] | None]:

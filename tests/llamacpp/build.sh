@@ -21,7 +21,7 @@ PYTHON=${PYTHON:-python3}
 JOBS=${JOBS:-2}
 SERVER="$PREFIX/bin/llama-server"
 
-if [ -x "$SERVER" ] && "$SERVER" --version 2>&1 | grep -q "version: $BUILD_NUMBER ($COMMIT)"; then
+if [ -x "$SERVER" ] && "$SERVER" --version 2>&1 | grep -q "build $BUILD_NUMBER, commit $COMMIT"; then
   echo "llama-server b$BUILD_NUMBER already built" >&2
   echo "$SERVER"
   exit 0

@@ -77,6 +77,9 @@ class GPUProfile:
     unified_memory: bool
     tier: str
     sources: tuple[str, ...] = field(default=())
+    # Dense tensor-core peaks (no sparsity), TFLOP/s: what the speed model's prefill terms use.
+    bf16_tflops: float | None = None
+    fp8_tflops: float | None = None
 
     @property
     def memory_bytes(self) -> int:
@@ -99,6 +102,7 @@ def _gpu_from(d: dict) -> GPUProfile:
         memory_bandwidth_gbs=d.get("memory_bandwidth_gbs"), bf16=bool(d.get("bf16")), fp8=bool(d.get("fp8")),
         fp4=bool(d.get("fp4")), nvlink=bool(d.get("nvlink")), unified_memory=bool(d.get("unified_memory")),
         tier=d.get("tier", "datacenter"), sources=tuple(d.get("sources") or ([d["source"]] if d.get("source") else [])),
+        bf16_tflops=d.get("bf16_tflops"), fp8_tflops=d.get("fp8_tflops"),
     )
 
 

@@ -3,7 +3,9 @@
 The search is small and exhaustive: every variant the engine can load on these GPUs, every
 parallel layout, KV dtype and MTP setting is sized once (planner/sizing.py); then, walking the
 goal's context ladder from the top, the first context where some candidate meets the goal's
-targets decides, and the goal's preference order picks among the candidates there. The
+targets decides, and among the candidates there the goal's objective picks: the most predicted
+tokens/s within a quality window (planner/objective.py, planner/speed.py), or the preference
+order with predicted speed as the tie-break. The
 expert-offload fork is only considered when nothing fits without it (it runs eagerly and pages
 experts over PCIe). User overrides narrow the search; when they make it empty the plan is
 "infeasible" and says what would fit instead — an override is never silently changed.
@@ -15,12 +17,13 @@ import json
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from . import llamacpp
+from . import llamacpp, objective, speed
 from .catalog import find_gpu, load_profile
 from .engines import Engine, check_version, get_engine, pick, workarounds
 from .errors import InputError
 from .hardware import GPU, Hardware
 from .model import Model, get_model
+from .objective import Predictor
 from .plan import Decision, GpuMemory, Plan, Rejected
 from .sizing import (Candidate, Sized, apply_measured, calibration_key, size, vllm_default_batched_tokens,
                      weights_on_gpu)
@@ -360,8 +363,12 @@ def _evaluate(o: Option, context: int, goal: dict, opts: PlanOptions, view: GpuV
         blocks = s.layout.num_blocks(s.cache_bytes)
         per_typical = s.layout.blocks_per_request(typical)
         seqs = min(max_seqs, blocks // per_typical)
-        # every running sequence holds its DeltaNet state pages and at least one attention block
-        seqs = min(seqs, blocks // (s.layout.state_groups + s.layout.attention_groups)) if opts.concurrency else seqs
+        if opts.concurrency or goal.get("objective") == "speed":
+            # every running sequence holds its DeltaNet state pages and at least one attention
+            # block: the most the pool can run at once, whatever their length (vLLM preempts
+            # the newest when longer ones need more blocks)
+            limit = state_block_limit(s)
+            seqs = min(seqs, limit) if opts.concurrency else (min(max_seqs, limit) if seqs >= min_seqs else seqs)
     else:
         seqs = min(max_seqs, s.cache_bytes // (typical * s.kv_per_token + s.state_per_seq))
     if seqs < min_seqs:
@@ -465,7 +472,8 @@ def make_plan(hw: Hardware, opts: PlanOptions = PlanOptions()) -> Plan:
             options.extend(_candidates(v, choice, view, opts, goal))
         if not any(o.cand.variant is v for o in options):
             plan.rejected.append(Rejected(v.id, "; ".join(dict.fromkeys(problems)) or "no engine can load it here"))
-    best, by_variant = _search(options, ladder, goal, opts, view)
+    predictor = Predictor(speed.machine_for(view.names[0], nvlink=view.nvlink_all))
+    best, by_variant = _search(options, ladder, goal, opts, view, predictor)
     for v in pool:
         if v.id in by_variant or any(r.variant == v.id for r in plan.rejected):
             continue
@@ -477,10 +485,24 @@ def make_plan(hw: Hardware, opts: PlanOptions = PlanOptions()) -> Plan:
     if best is None:
         return _infeasible(plan, opts, hw, ladder, options, view)
     alternatives = [o for vid, o in by_variant.items() if vid != best.cand.variant.id]
-    return _fill(plan, best, alternatives, view, opts, goal, model, choices)
+    return _fill(plan, best, alternatives, view, opts, goal, model, choices, predictor)
 
 
-def _search(options, ladder, goal, opts, view):
+def state_block_limit(s: Sized) -> int:
+    """Sequences the pool can run at once: each holds its state pages and one attention block."""
+    return s.layout.num_blocks(s.cache_bytes) // (s.layout.state_groups + s.layout.attention_groups)
+
+
+def _choose(found: list[Option], goal: dict, opts: PlanOptions, predictor: Predictor) -> Option | None:
+    """The goal's choice among options that meet its targets: by predicted speed, or by `prefer`
+    with predicted speed as the last tie-break."""
+    if goal.get("objective") == "speed":
+        return objective.pick(found, goal, predictor, lambda x: _key(x, goal))[0]
+    conc = goal.get("concurrency", 1)
+    return max(found, key=lambda x: _key(x, goal) + (round(predictor.burst(x.cand, conc).tokens_per_s, 1),))
+
+
+def _search(options, ladder, goal, opts, view, predictor: Predictor):
     """Best option overall and each variant's best, walking the ladder; offload only as a last resort."""
     by_variant: dict[str, Option] = {}
     best = None
@@ -490,15 +512,38 @@ def _search(options, ladder, goal, opts, view):
         for context in ladder:
             found = [e for o in options if (o.cand.engine == "vllm-offload") == offload
                      for e in [_evaluate(o, context, goal, opts, view, min_slots)] if e]
-            for e in found:
-                vid = e.cand.variant.id
+            for vid in dict.fromkeys(e.cand.variant.id for e in found):
                 if vid not in by_variant:
-                    by_variant[vid] = max((f for f in found if f.cand.variant.id == vid), key=lambda x: _key(x, goal))
+                    pick = _choose([f for f in found if f.cand.variant.id == vid], goal, opts, predictor)
+                    if pick:
+                        by_variant[vid] = pick
             if found and best is None:
-                best = max(found, key=lambda x: _key(x, goal))
+                best = _choose(found, goal, opts, predictor)
+                if best is not None and goal.get("objective") == "speed" and not opts.concurrency:
+                    best = _knee(best, goal, opts, view, predictor)
         # The offload pass runs even after a plan is found, so that `variants` can say which
         # variants fit only with offload; it never replaces a plan found without it.
     return best, by_variant
+
+
+def _knee(o: Option, goal: dict, opts: PlanOptions, view: GpuView, predictor: Predictor) -> Option:
+    """The smallest sequence cap within the goal's knee of the best predicted tokens/s: more
+    sequences than that only enlarge the sampler's memory and the CUDA graphs."""
+    conc = goal["concurrency"]
+    limit = state_block_limit(o.sized) if o.sized.layout else o.seqs
+    tried = []
+    for cap in objective.knee_caps(limit, goal["max_seqs"]):
+        cand = replace(o.cand, max_seqs=cap)
+        sized, obs = _size(cand, o.sized.budget, o.sized.cudagraph_in_budget, opts, view)
+        full = sized.full_length_seqs(o.context)
+        if sized.cache_bytes <= 0 or full < _targets(goal, opts, o.context)[0]:
+            continue
+        tried.append((predictor.burst(cand, conc).tokens_per_s, cap,
+                      replace(o, cand=cand, sized=sized, measured=obs, seqs=cap, full_length=int(full))))
+    if not tried:
+        return o
+    top = max(t[0] for t in tried)
+    return min((t for t in tried if t[0] >= (1 - goal["knee"]) * top), key=lambda t: t[1])[2]
 
 
 def _why_not(v: Variant, options, ladder, goal, opts, view) -> str:
@@ -559,7 +604,7 @@ def _infeasible(plan: Plan, opts: PlanOptions, hw: Hardware, ladder, options, vi
 
 
 def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions, goal: dict, model: Model,
-          choices) -> Plan:
+          choices, predictor: Predictor) -> Plan:
     c, s, v, eng = o.cand, o.sized, o.cand.variant, o.choice.engine
     D = plan.decisions.append
     plan.status = "ok"
@@ -620,8 +665,14 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
         method = eng.parser("speculative_method")["value"]
         settings["speculative"] = {"method": method, "num_speculative_tokens": c.spec_tokens}
     tried, mtp_reason = _mtp_options(v, o.choice, opts, goal)
-    if c.spec_tokens == 0 and MTP_TOKENS in tried:
-        mtp_reason = "off: with MTP the targets do not fit (its weights and draft KV/state take memory)"
+    if len(tried) > 1:
+        conc = goal.get("concurrency", 1)
+        other = replace(c, spec_tokens=MTP_TOKENS if c.spec_tokens == 0 else 0)
+        mine, theirs = predictor.burst(c, conc).tokens_per_s, predictor.burst(other, conc).tokens_per_s
+        acc = speed.acceptance_for(v)[0]
+        mtp_reason = (f"{'on' if c.spec_tokens else 'off'}: predicted {mine:,.0f} tokens/s at {conc} concurrent "
+                      f"requests {'with' if c.spec_tokens else 'without'} it, {theirs:,.0f} "
+                      f"{'without' if c.spec_tokens else 'with'} (at {acc:.0%} draft acceptance, assumed)")
     D(Decision("speculative", settings["speculative"], f"MTP {mtp_reason}", MTP_SOURCE))
     if eng.id == "sglang":
         static = (s.weights + s.expert_cache + s.cache_bytes) / view.cuda_total
@@ -720,14 +771,55 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
                    "(`qwenplan verify` or `qwenplan auto` records one)", "profiles/memory.yaml"))
     plan.settings = settings
     plan.memory = _memory(o, view, plan)
+    plan.performance = _performance(o, goal, predictor)
+    at_goal = plan.performance["levels"][f"c{plan.performance['goal_concurrency']}"]
+    D(Decision("speed", f"{at_goal['tokens_per_s']:,.0f} tokens/s at {at_goal['concurrency']} concurrent requests", _speed_reason(o, alternatives, goal, predictor),
+               "planner/speed.py; constants in profiles/speed.yaml, checked against benchmarks/gpu/results"))
     if s.layout and o.seqs > o.full_length:
         plan.warnings.append(f"{o.seqs} sequences are allowed but the pool holds {o.full_length} full-length "
                              f"({o.context:,}-token) request(s) at once; longer mixes queue")
     plan.rejected.sort(key=lambda r: r.variant)
     plan.alternatives = [{"variant": a.cand.variant.id, "engine": a.cand.engine, "max_model_len": a.context,
                           "max_num_seqs": a.seqs, "tensor": a.cand.tp, "data": a.cand.dp,
-                          "kv_cache_dtype": a.cand.kv_dtype} for a in alternatives]
+                          "kv_cache_dtype": a.cand.kv_dtype, "mtp": a.cand.spec_tokens,
+                          "tokens_per_s": {f"c{c}": round(b.tokens_per_s, 1)
+                                           for c, b in predictor.all_levels(a.cand).items()}}
+                         for a in alternatives]
     return plan
+
+
+def _performance(o: Option, goal: dict, predictor: Predictor) -> dict:
+    """Predicted speed under the benchmark load (1,024 tokens in, 256 out per request)."""
+    levels = predictor.all_levels(o.cand, goal.get("concurrency"))
+    acceptance, acc_source = speed.acceptance_for(o.cand.variant)
+    assumptions = [
+        {"what": f"a burst of N requests of {speed.INPUT_TOKENS:,} prompt tokens and {speed.OUTPUT_TOKENS} generated "
+                 "tokens each", "source": "benchmarks/gpu/load.py"},
+        {"what": "constants fitted on real vLLM 0.26 runs", "source": "profiles/speed.yaml; benchmarks/gpu/fit_speed.py"},
+    ] + [{"what": a, "source": "policy: nearest known figures"} for a in predictor.machine.assumed]
+    if o.cand.spec_tokens:
+        assumptions.append({"what": f"MTP draft acceptance {acceptance:.0%} per token", "source": acc_source})
+    return {"levels": {f"c{c}": {"concurrency": c, "tokens_per_s": round(b.tokens_per_s, 1),
+                                 "ttft_s": round(b.ttft_s, 3), "tpot_ms": round(b.tpot_s * 1000, 2)}
+                       for c, b in levels.items()},
+            "goal_concurrency": goal.get("concurrency"), "assumptions": assumptions}
+
+
+def _speed_reason(o: Option, alternatives, goal: dict, predictor: Predictor) -> str:
+    conc = goal.get("concurrency", 1)
+    mine = predictor.burst(o.cand, conc).tokens_per_s
+    one = predictor.burst(o.cand, 1)
+    text = (f"predicted {mine:,.0f} tokens/s with {conc} concurrent requests, {one.tokens_per_s:,.0f} tokens/s "
+            f"({one.tpot_s * 1000:.1f} ms per token) for one")
+    others = sorted(((predictor.burst(a.cand, conc).tokens_per_s, a) for a in alternatives),
+                    key=lambda t: -t[0])[:3]
+    if others:
+        text += "; next best: " + ", ".join(f"{a.cand.variant.id}{' + MTP' if a.cand.spec_tokens else ''} "
+                                            f"{t:,.0f} tokens/s" for t, a in others)
+    if goal.get("objective") == "speed":
+        text += (f" (the fastest within {goal.get('quality_window', 0)} quality points of the best that fits, "
+                 f"at the first context that fits)")
+    return text
 
 
 def _problem_applies(p: dict, c: Candidate, view: GpuView) -> bool:
@@ -757,6 +849,11 @@ def _parallel_reason(o: Option, view: GpuView, goal: dict) -> str:
 def _seqs_reason(o: Option, goal: dict, opts: PlanOptions) -> str:
     if opts.concurrency:
         return f"--concurrency {opts.concurrency}; the pool holds {o.full_length} full-length request(s) at once"
+    if goal.get("objective") == "speed":
+        limit = state_block_limit(o.sized) if o.sized.layout else o.seqs
+        return (f"the smallest cap within {goal['knee']:.0%} of the best predicted tokens/s at "
+                f"{goal['concurrency']} concurrent requests (up to {goal['max_seqs']}, and {limit:,} sequences' "
+                f"DeltaNet state fit the pool); the pool holds {o.full_length} full-length request(s) at once")
     typical = min(o.context, goal["typical_tokens"])
     return (f"as many {typical:,}-token requests as the pool holds, capped at {goal['max_seqs']} for the "
             f"{opts.goal} goal")

@@ -15,13 +15,15 @@ the context checkpoints of each slot and the prompt cache (`--cache-ram`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from .catalog import find_gpu, load_profile
+from . import speed
+from .catalog import load_profile
 from .engines import check_version, get_engine
 from .errors import InputError
 from .hardware import Hardware
+from .memory import deltanet_state_per_seq
 from .model import Model, Shape
 from .plan import Decision, Plan, Rejected
 from .units import MiB, ceil_div, gib
@@ -50,12 +52,9 @@ def kv_bytes_per_token(shape: Shape, cache_k: str, cache_v: str, mtp: bool = Fal
 
 
 def state_bytes_per_seq(shape: Shape) -> int:
-    """R (conv: kernel-1 columns of every conv channel) and S (v_heads x v_dim x k_dim) in f32,
-    for every DeltaNet layer."""
-    f = facts()["recurrent_state_bytes_per_element"]
-    r = (shape.conv_kernel - 1) * shape.conv_dim
-    s = shape.lin_v_heads * shape.lin_v_dim * shape.lin_k_dim
-    return shape.linear_layers * (r + s) * f
+    """R (the conv window) and S (the recurrent state) of every DeltaNet layer, both float32 in
+    llama.cpp (src/llama-memory-recurrent.cpp type_r/type_s)."""
+    return deltanet_state_per_seq(shape, conv_dtype="float32", ssm_dtype="float32")
 
 
 def kv_cells(ctx_size: int) -> int:
@@ -103,23 +102,29 @@ def split(v: Variant, n_cpu_moe: int, gpu: bool) -> Split:
 
 # --- speed ------------------------------------------------------------------------------------
 
-def decode_tokens_per_s(v: Variant, s: Split, gpu_bw_gbs: float | None, host_bw_gbs: float,
-                        context: int, kv_per_token: int) -> float:
-    """One sequence's decode: bytes read per token over each memory's bandwidth, plus overhead.
-    Per token: every non-expert weight, the routed share (top-k of the experts) of the expert
-    weights, the KV cache at `context` tokens and the DeltaNet state (read and written)."""
-    f = facts()
+def decode_tokens_per_s(v: Variant, s: Split, gpu_name: str | None, host_bw_gbs: float, context: int,
+                        kv_per_token: int, mtp: bool) -> float:
+    """One sequence's decode with the speed model's roofline (planner/speed.py): the GPU reads
+    what it holds at its bandwidth; the routed experts kept in host RAM are read there by the CPU
+    at host-RAM bandwidth (speed.py's host path, here RAM rather than PCIe). Without a GPU the
+    host is the machine (decode on CPUs is bound by memory bandwidth: compute is not costed)."""
     sh = v.model.shape
-    share = sh.experts_per_token / sh.experts
-    state = 2 * state_bytes_per_seq(sh)
-    near = s.non_expert + share * s.experts_gpu + context * kv_per_token + state
-    far = share * s.experts_host
-    if gpu_bw_gbs is None:            # CPU only: everything comes from host RAM
-        far, near = far + near, 0
-    t = f["step_overhead_s"] + far / (host_bw_gbs * 1e9 * f["host_efficiency"])
-    if near:
-        t += near / (gpu_bw_gbs * 1e9 * f["gpu_efficiency"])
-    return 1.0 / t
+    lay = speed.Layout(quantized=True, spec_tokens=2 if mtp else 0, max_seqs=1)
+    step = replace(speed.step_shape(v.recipe, sh, v.model.vision_params, lay),
+                   expert_bytes=s.experts_gpu, paged_expert_bytes=s.experts_host,
+                   kv_bytes_per_token=kv_per_token, state_bytes_per_seq=2 * state_bytes_per_seq(sh))
+    host = host_bw_gbs * 1e9 * facts()["host_efficiency"]
+    if gpu_name is None:
+        k = speed.Constants.for_engine(ENGINE)
+        m = speed.Machine("CPU", bandwidth=host / k.quantized_bandwidth_efficiency, bf16_flops=float("inf"),
+                          fp8_flops=None, link_bandwidth=1.0, link_latency=0.0, host_paging=host)
+        step = replace(step, expert_bytes=s.experts_host, paged_expert_bytes=0)
+    else:
+        m = replace(speed.machine_for(gpu_name), host_paging=host)
+    k = speed.Constants.for_engine(ENGINE)
+    accepted = speed.acceptance_for(v)[0] if mtp else 0.0
+    tokens = 1 + sum(accepted ** i for i in range(1, lay.spec_tokens + 1))
+    return tokens / speed.step_time(step, m, k, lay, 1, 0, context)
 
 
 # --- the search -------------------------------------------------------------------------------
@@ -152,7 +157,7 @@ def _host_bandwidth(hw: Hardware) -> tuple[float, str]:
 
 
 def _options(v: Variant, *, budget: int | None, host_ram: int | None, contexts, slots: int, cache_types,
-             gpu_bw: float | None, host_bw: float, mtp: bool) -> list[Option]:
+             gpu_name: str | None, host_bw: float, mtp: bool) -> list[Option]:
     f = facts()
     sh = v.model.shape
     gpu = budget is not None
@@ -186,16 +191,19 @@ def _options(v: Variant, *, budget: int | None, host_ram: int | None, contexts, 
                 continue
             spare = (host_ram - host_need) if host_ram is not None else f["cache_ram_max_bytes"]
             cache_ram = max(0, min(f["cache_ram_max_bytes"], spare // 2)) // MiB * MiB
-            tps = decode_tokens_per_s(v, s, gpu_bw if gpu else None, host_bw, min(context, 16384), kv_tok)
+            tps = decode_tokens_per_s(v, s, gpu_name if gpu else None, host_bw, min(context, 16384), kv_tok,
+                                      mtp and v.has_mtp)
             out.append(Option(v, context, slots, ct, ncm, s, kv, state, compute if gpu else 0, compute_host,
                               checkpoints, cache_ram, host_need + cache_ram, gpu_total, tps, mtp and v.has_mtp))
             break            # the first (widest) cache type that fits at this context
     return out
 
 
-def _pick(options: list[Option], goal: str) -> Option:
-    """Fastest first as the floor; within the floor the highest quality, then the longest
+def _pick(options: list[Option], goal: str, min_context: int) -> Option:
+    """Contexts the model card advises for thinking first (when any fits); then, among options
+    predicted within the speed floor of the fastest, the highest quality, then the longest
     context, then MTP, then speed."""
+    options = [o for o in options if o.context >= min_context] or options
     floor = facts()["speed_floor"] * max(o.tokens_per_s for o in options)
     fast = [o for o in options if o.tokens_per_s >= floor] or options
     key = (lambda o: (o.context, o.variant.quality, o.mtp, o.tokens_per_s)) if goal == "long-context" else \
@@ -223,11 +231,9 @@ def make_plan(hw: Hardware, opts, model: Model, plan: Plan, view, why: str) -> P
     if gpu is not None:
         free = gpu.cuda_free_bytes if gpu.cuda_free_bytes is not None else gpu.cuda_total_bytes
         budget = free - facts()["gpu_overhead_bytes"]
-        prof = find_gpu(gpu.name, gpu.memory_total_bytes)
-        gpu_bw = prof.memory_bandwidth_gbs if prof and prof.memory_bandwidth_gbs else None
-        if gpu_bw is None:
-            warnings.append(f"{gpu.name}: memory bandwidth unknown (not in profiles/gpus.yaml); speed assumes 300 GB/s")
-            gpu_bw = 300.0
+        machine = speed.machine_for(gpu.name)
+        gpu_bw = machine.bandwidth / 1e9
+        warnings.extend(machine.assumed)
     host_bw, host_bw_source = _host_bandwidth(hw)
     host_ram = hw.host.usable_ram_bytes
     pool = [get_variant(opts.variant)] if opts.variant else [v for v in variants_of(model.id) if ENGINE in v.engines]
@@ -242,7 +248,8 @@ def make_plan(hw: Hardware, opts, model: Model, plan: Plan, view, why: str) -> P
             rejected.append((v.id, f"needs llama.cpp {spec['min']} or newer (planning for {version})"))
             continue
         found = _options(v, budget=budget, host_ram=host_ram, contexts=contexts, slots=slots,
-                         cache_types=[opts.kv_dtype] if opts.kv_dtype else CACHE_TYPES[:2], gpu_bw=gpu_bw,
+                         cache_types=[opts.kv_dtype] if opts.kv_dtype else CACHE_TYPES[:2],
+                         gpu_name=gpu.name if gpu is not None else None,
                          host_bw=host_bw, mtp=mtp_on)
         if found:
             options.extend(found)
@@ -259,7 +266,7 @@ def make_plan(hw: Hardware, opts, model: Model, plan: Plan, view, why: str) -> P
         plan.decisions.append(Decision("status", "infeasible", f"no GGUF variant fits this box with llama.cpp ({why})",
                                        "planner/llamacpp.py"))
         return plan
-    best = _pick(options, opts.goal)
+    best = _pick(options, opts.goal, 0 if opts.context else model.min_thinking_context)
     return _fill(plan, best, options, rejected, hw, opts, model, eng, version, gpu, budget, gpu_bw, host_bw,
                  host_bw_source, why)
 
@@ -381,11 +388,13 @@ def _fill(plan, o: Option, options, rejected, hw, opts, model, eng, version, gpu
                + ("" if gpu is not None else f", KV cache and state {gib(o.kv_bytes + o.state_bytes)}"),
                f["policy_source"]))
     D(Decision("speed", f"~{o.tokens_per_s:.0f} tokens/s",
-               f"one sequence's decode, predicted: {gib(s.non_expert)} of non-expert weights and "
-               f"{sh.experts_per_token}/{sh.experts} of the experts read per token"
+               f"one sequence's decode, predicted by planner/speed.py's step roofline: {gib(s.non_expert)} of "
+               f"non-expert weights and {sh.experts_per_token}/{sh.experts} of the experts read per token"
                + (f", GPU at {gpu_bw:.0f} GB/s" if gpu is not None else "")
-               + f", host RAM at {host_bw:.1f} GB/s" + (" (MTP drafts not counted)" if o.mtp else ""),
-               host_bw_source))
+               + f", the experts in host RAM at {host_bw:.1f} GB/s x {f['host_efficiency']}"
+               + (f"; MTP yields {1 + speed.acceptance_for(v)[0] + speed.acceptance_for(v)[0] ** 2:.2f} tokens a step "
+                  f"at an assumed acceptance of {speed.acceptance_for(v)[0]}" if o.mtp else ""),
+               f"{host_bw_source}; profiles/speed.yaml (vLLM's fitted constants: no llama.cpp GPU run yet)"))
     if opts.host not in ("127.0.0.1", "localhost", "::1"):
         plan.warnings.append(f"serving on {opts.host}: reachable from other machines; set LLAMA_API_KEY to require a key")
     D(Decision("listen", f"{opts.host}:{opts.port}", "loopback only unless --host says otherwise", "qwenplan security default"))

@@ -66,6 +66,7 @@ class Plan:
     hardware: dict[str, Any] = field(default_factory=dict)
     requirements: list[str] = field(default_factory=list)   # for an infeasible plan: what it would take
     alternatives: list[dict] = field(default_factory=list)  # the best plan of each other variant that fits
+    performance: dict[str, Any] = field(default_factory=dict)  # predicted speed (planner/speed.py)
 
     def decision(self, key: str) -> Decision | None:
         return next((d for d in self.decisions if d.key == key), None)
@@ -79,7 +80,8 @@ class Plan:
 def plan_from_dict(d: dict[str, Any]) -> Plan:
     """Read a plan document back (exports and launch take `--plan FILE` too)."""
     fields = {k: d.get(k) for k in ("model", "goal", "status", "engine", "variant", "parallel", "settings",
-                                     "memory", "warnings", "command", "hardware", "requirements", "alternatives")}
+                                     "memory", "warnings", "command", "hardware", "requirements", "alternatives",
+                                     "performance")}
     plan = Plan(**{k: (v if v is not None else ([] if k in ("warnings", "requirements", "alternatives") else {}))
                    for k, v in fields.items()})
     plan.decisions = [Decision(**x) for x in d.get("decisions") or []]

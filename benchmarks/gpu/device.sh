@@ -24,11 +24,12 @@ recv)
   fi ;;
 install)
   t=$(date +%s)
-  (cd /tmp/xfer && cat site.tar.xz.part* | sha256sum | cut -c1-64 > got.sha && cut -c1-64 site.sha256 | diff - got.sha) || { echo "bundle checksum differs"; exit 1; }
+  # the bundle in parts: site.tar.xz.part* (xz) or site.tar.gz.<n> (gzip, faster to pack on a busy box)
+  parts=$(ls /tmp/xfer/site.tar.xz.part* 2>/dev/null || ls /tmp/xfer/site.tar.gz.[0-9]* 2>/dev/null)
+  case "$parts" in *.gz.*) unz="gzip -dc" ;; *) unz="xz -dc -T0" ;; esac
+  (cat $parts | sha256sum | cut -c1-64 > /tmp/xfer/got.sha && cut -c1-64 /tmp/xfer/site.sha256 | diff - /tmp/xfer/got.sha) || { echo "bundle checksum differs"; exit 1; }
   mkdir -p /tmp/site
-  if command -v xz >/dev/null; then cat /tmp/xfer/site.tar.xz.part* | xz -dc -T0 | tar -x -C /tmp/site
-  else cat /tmp/xfer/site.tar.xz.part* > /tmp/xfer/site.tar.xz && python3 -c 'import tarfile; tarfile.open("/tmp/xfer/site.tar.xz").extractall("/tmp/site")'; fi
-  rm -f /tmp/xfer/site.tar.xz
+  cat $parts | $unz | tar -x -C /tmp/site
   echo "bundle unpacked in $(( $(date +%s) - t )) s: $(du -sh /tmp/site | cut -f1)"
   python3 -m pip install -q --no-deps --no-index --no-compile --target /tmp/qp /tmp/xfer/qwenplan-*.whl 2>&1 | tail -3
   site_env

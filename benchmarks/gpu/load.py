@@ -6,7 +6,9 @@ random token ids (distinct per request, so no prefix-cache hits), ignore_eos wit
 min_tokens = max_tokens fixes the output length, and streaming gives the time to first token.
 
 Levels (fixed, the same for every plan and baseline):
-  warm-up   4 requests,   256 in /  16 out, concurrency 4 (not reported)
+  warm-up   4 requests,   256 in /  16 out, concurrency 4, then (from round 3 on) 128 requests,
+            1024 in / 16 out, all at once: kernels compiled lazily for large batches are built
+            before the timed levels (not reported)
   c1        3 requests,  1024 in / 256 out, one at a time
   c32      32 requests,  1024 in / 256 out, all at once
   c128    128 requests,  1024 in / 256 out, all at once
@@ -34,6 +36,7 @@ LEVELS = [  # (name, concurrency, requests, input tokens, output tokens)
     ("c128", 128, 128, 1024, 256),
 ]
 WARMUP = ("warmup", 4, 4, 256, 16)
+WARMUP_LARGE = ("warmup-large", 128, 128, 1024, 16)
 VOCAB = (1000, 200000)   # ids inside the 248,320-token vocabulary, clear of special tokens
 
 
@@ -133,6 +136,8 @@ def run(args) -> dict:
     res = {"model": model, "levels": {}}
     t0 = time.perf_counter()
     res["warmup"] = run_level(args.host, args.port, model, warm, headers, 7, args.timeout)
+    if not args.quick:
+        res["warmup_large"] = run_level(args.host, args.port, model, WARMUP_LARGE, headers, 8, args.timeout)
     res["warmup_seconds"] = round(time.perf_counter() - t0, 2)
     print(f"warm-up {res['warmup_seconds']} s", flush=True)
     for i, lv in enumerate(levels):

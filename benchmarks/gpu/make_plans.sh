@@ -30,3 +30,7 @@ qp h200-r2/nomtp      --gpu H200 --no-mtp
 qp h200-r2/fp8        --gpu H200 --variant fp8
 qp h200x2/default     --gpu H200 --gpus 2
 qp h200x2/tp2         --gpu H200 --gpus 2 --goal long-context
+# Round 3: plans chosen by predicted speed (planner/speed.py), one H200 machine with the baselines.
+qp h200-r3/balanced   --gpu H200
+qp h200-r3/throughput --gpu H200 --goal throughput
+qp h200-r3/bf16-mtp   --gpu H200 --variant bf16 --mtp

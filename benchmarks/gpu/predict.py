@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from qwenplan.launch.engine_log import parse_memory
+from qwenplan.planner import speed
 from qwenplan.planner.engines import get_engine
 from qwenplan.planner.sizing import Candidate, size, vllm_default_batched_tokens, vllm_default_max_num_seqs
 from qwenplan.planner.variants import get_variant
@@ -45,8 +46,11 @@ def served_settings(argv: list[str], version: str, cuda_total: int) -> dict:
     }
 
 
-def predict(argv: list[str], log_text: str) -> dict:
-    """Predicted and reported figures, in bytes, for one served command and its log."""
+def predict(argv: list[str], log_text: str, gpu: str | None = None, nvlink: bool = False,
+            constants: speed.Constants | None = None) -> dict:
+    """Predicted and reported figures for one served command and its log: memory in bytes and,
+    when the GPU is named, speed under the harness's load (`tokens_per_s` and `ttft_p50_s`
+    keyed c1/c32/c128; dummy weights accept no MTP draft)."""
     rep = parse_memory(log_text.splitlines())
     totals = _TOTAL.findall(log_text)
     if not totals or not rep.version:
@@ -64,8 +68,50 @@ def predict(argv: list[str], log_text: str) -> dict:
         "kv_cache_bytes": s.cache_bytes, "kv_tokens": s.kv_tokens(n), "max_concurrency": s.max_concurrency(n),
         "block_size": s.layout.block_size,
     }
+    if gpu:
+        machine = speed.machine_for(gpu, nvlink=nvlink, gpus_in_plan=cand.gpus)
+        bursts = speed.predict(cand, machine, acceptance=0.0, constants=constants)
+        predicted["tokens_per_s"] = {f"c{c}": b.tokens_per_s for c, b in bursts.items()}
+        predicted["ttft_p50_s"] = {f"c{c}": b.ttft_s for c, b in bursts.items()}
+        predicted["tpot_s"] = {f"c{c}": b.tpot_s for c, b in bursts.items()}
     reported = rep.to_dict()
     if None not in (rep.activation_bytes, rep.non_torch_bytes, rep.cudagraph_bytes):
         reported["reserve"] = rep.activation_bytes + rep.non_torch_bytes + rep.cudagraph_bytes
     return {"settings": st, "version": rep.version, "cuda_total": cuda_total,
             "predicted": predicted, "reported": reported}
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class Run:
+    """One served run under results/: its command, log, GPU and measured load."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.result = json.loads((folder / "result.json").read_text())
+        self.name = self.result["name"]
+        self.argv = self.result.get("served_argv") or []
+        self.gpus = self.result["gpus"]
+        self.gpu = self.gpus[0]["name"]
+        load = folder / "load.json"
+        self.load = json.loads(load.read_text())["levels"] if load.exists() else None
+        # Several GPUs of one machine: NVLink where its probe shows the peers (results/<queue>/*-probe.json).
+        probes = [json.loads(p.read_text()) for p in folder.parent.glob("*-probe.json")]
+        self.nvlink = len(self.gpus) > 1 and any(g.get("nvlink_peers") for pr in probes for g in pr.get("gpus", []))
+
+    @property
+    def log(self) -> str:
+        return (self.folder / "serve.log").read_text(errors="replace")
+
+    @property
+    def mtp(self) -> bool:
+        return "--speculative-config" in self.argv
+
+    def predict(self, constants: speed.Constants | None = None) -> dict:
+        return predict(self.argv, self.log, gpu=self.gpu, nvlink=self.nvlink, constants=constants)
+
+
+def runs(with_load: bool = True) -> list[Run]:
+    out = [Run(f.parent) for f in sorted(RESULTS.glob("*/*/result.json"))]
+    return [r for r in out if r.argv and (r.load or not with_load)]

@@ -141,6 +141,16 @@ def served_command(job: dict, plan: dict | None) -> tuple[list[str], dict[str, s
             continue
         rest += [flag] + ([value] if value is not None else [])
         changes.append({"what": f"add {flag}{' ' + value if value else ''}", "why": why})
+    rates = job.get("synthetic_acceptance")
+    spec = flag_value(rest, "--speculative-config")
+    if rates and spec:
+        # Random weights accept no draft token; vLLM's synthetic rejection sampler accepts at
+        # given per-position rates instead (vllm/config/speculative.py rejection_sample_method).
+        i = rest.index("--speculative-config")
+        cfg = {**json.loads(spec), "rejection_sample_method": "synthetic", "synthetic_acceptance_rates": rates}
+        rest[i + 1] = json.dumps(cfg, separators=(",", ":"))
+        changes.append({"what": f"speculative config + synthetic acceptance {rates}",
+                        "why": "dummy weights accept no draft; the synthetic sampler accepts at the plan's assumed rate"})
     if "CUDA_VISIBLE_DEVICES" in env:
         n = len([x for x in env["CUDA_VISIBLE_DEVICES"].split(",") if x.strip()])
         new = ",".join(str(i) for i in range(n))

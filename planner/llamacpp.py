@@ -400,6 +400,15 @@ def _fill(plan, o: Option, options, rejected, hw, opts, model, eng, version, gpu
     D(Decision("listen", f"{opts.host}:{opts.port}", "loopback only unless --host says otherwise", "qwenplan security default"))
     plan.settings = settings
     plan.memory = _memory(o, gpu, budget, kv_tok)
+    assumptions = [{"what": "one sequence decoding; the experts in host RAM read by the CPU at "
+                            f"{host_bw:.1f} GB/s x {f['host_efficiency']}", "source": host_bw_source},
+                   {"what": "vLLM's fitted step constants (no llama.cpp run on a GPU yet)", "source": "profiles/speed.yaml"}]
+    if o.mtp:
+        acc, acc_source = speed.acceptance_for(v)
+        assumptions.append({"what": f"MTP draft acceptance {acc:.0%} per token", "source": acc_source})
+    plan.performance = {"levels": {"c1": {"concurrency": 1, "tokens_per_s": round(o.tokens_per_s, 1), "ttft_s": None,
+                                          "tpot_ms": round(1000 / o.tokens_per_s, 2)}},
+                        "goal_concurrency": 1, "assumptions": assumptions}
     for vid, reason in rejected:
         plan.rejected.append(Rejected(vid, reason, ENGINE))
     others = {}

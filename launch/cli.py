@@ -441,7 +441,8 @@ def _log_dir(kind: str):
               help="After a known failure, relaunch with a safer plan up to N times.")
 @click.option("--verify", "verify_first", is_flag=True, help="Check the plan with dummy weights before downloading.")
 @click.option("--model-path", type=click.Path(dir_okay=False),
-              help="llama.cpp plans: serve this local GGUF file instead of downloading the plan's.")
+              help="llama.cpp plans: serve this local GGUF file with the plan's flags instead of downloading the "
+              "plan's (add --no-mtp for a file without the MTP head).")
 def auto(dry_run, yes, retry, verify_first, model_path, **kw):
     """Probe, plan, fetch the checkpoint, launch, wait until healthy, smoke-test, stay in the foreground."""
     from qwenplan.launch import fetch, runner, views

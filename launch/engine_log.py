@@ -137,7 +137,7 @@ def parse_memory(lines) -> MemoryReport:
 
 _LLAMA_BUFFER = re.compile(r"(?P<dev>[A-Za-z0-9_]+)\s+(?P<kind>model|KV|RS|compute|output) buffer size =\s*"
                            r"(?P<mib>[0-9]+(?:\.[0-9]+)?) MiB")
-_LLAMA_CELLS = re.compile(r"llama_kv_cache: size =.*\((?P<cells>[0-9]+) cells, (?P<layers>[0-9]+) layers")
+_LLAMA_CELLS = re.compile(r"llama_kv_cache: size =.*\(\s*(?P<cells>[0-9]+) cells,\s*(?P<layers>[0-9]+) layers")
 
 
 @dataclass

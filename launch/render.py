@@ -24,7 +24,7 @@ ORDER = ("served_model_name", "host", "port", "tensor_parallel", "pipeline_paral
          # llama.cpp (llama-server): the GGUF, then placement, cache, threads, behaviour
          "hf_repo", "hf_file", "model_path", "mmproj", "ctx_size", "parallel", "n_gpu_layers", "n_cpu_moe",
          "cache_type_k", "cache_type_v", "flash_attn", "threads", "ubatch_size", "load_mode", "fit",
-         "ctx_checkpoints", "cache_ram_mib", "jinja", "reasoning_format")
+         "ctx_checkpoints", "cache_ram_mib", "jinja", "reasoning_format", "log_verbosity")
 
 
 class RenderError(InputError):

@@ -59,7 +59,8 @@ def parse_llama_help(text: str) -> dict[str, tuple[str, ...] | None]:
     current: list[str] = []
     for line in text.splitlines():
         if line.startswith("-"):
-            head = re.split(r"\s{2,}", line, maxsplit=1)[0]
+            # the help starts at column 40 after padding; a longer head has the line to itself
+            head = line[:40] if len(line) > 40 and line[37:40] == "   " else line
             m = _LLAMA_CHOICES.search(head)
             choices = tuple(m.group(1).split("|")) if m else None
             current = _FLAG.findall(_LLAMA_CHOICES.sub("", head))

@@ -57,14 +57,19 @@ def state_bytes_per_seq(shape: Shape) -> int:
     return deltanet_state_per_seq(shape, conv_dtype="float32", ssm_dtype="float32")
 
 
-def kv_cells(ctx_size: int) -> int:
+def kv_cells(context: int, slots: int = 1) -> int:
+    """Cells of the KV cache: each slot has its own stream of --ctx-size / --parallel cells (the
+    cache is not unified when --parallel is given), padded to 256."""
     pad = facts()["kv_pad_cells"]
-    return ceil_div(ctx_size, pad) * pad
+    return slots * ceil_div(context, pad) * pad
 
 
-def compute_bytes(shape: Shape, ubatch: int) -> int:
-    """One ubatch's compute buffer: its logits plus its activations (fitted on the tiny model)."""
-    return ubatch * 4 * shape.vocab + ubatch * shape.hidden * facts()["compute_bytes_per_token_per_hidden"]
+def compute_bytes(shape: Shape, ubatch: int, context: int) -> int:
+    """One ubatch's compute buffer (fitted on the tiny model): the attention mask over a slot's
+    cells, activations over the widest per-token tensors, the logits of the reserved outputs."""
+    f = facts()
+    return (ubatch * kv_cells(context) * f["compute_mask_bytes"]
+            + ubatch * shape.conv_dim * f["compute_bytes_per_token_per_channel"] + f["compute_outputs"] * shape.vocab * 4)
 
 
 @dataclass(frozen=True)
@@ -162,12 +167,12 @@ def _options(v: Variant, *, budget: int | None, host_ram: int | None, contexts, 
     sh = v.model.shape
     gpu = budget is not None
     ubatch = load_profile("engines.yaml")["engines"][ENGINE]["defaults"]["n_ubatch"]["value"]
-    compute = compute_bytes(sh, ubatch)
     out = []
     for context in contexts:
+        compute = compute_bytes(sh, ubatch, context)
         for ct in cache_types:
             kv_tok = kv_bytes_per_token(sh, ct, ct, mtp and v.has_mtp)
-            kv = kv_cells(context * slots) * kv_tok
+            kv = kv_cells(context, slots) * kv_tok
             rs_seqs = slots * (1 + (2 if mtp and v.has_mtp else 0))   # MTP keeps a state per draft step
             state = rs_seqs * state_bytes_per_seq(sh)
             checkpoints = f["ctx_checkpoints"] * slots * state_bytes_per_seq(sh)
@@ -333,7 +338,7 @@ def _fill(plan, o: Option, options, rejected, hw, opts, model, eng, version, gpu
                 "flash_attn": "on" if gpu is not None else "auto", "threads": threads, "load_mode": "none",
                 "fit": "off", "ctx_checkpoints": f["ctx_checkpoints"], "cache_ram_mib": o.cache_ram // MiB,
                 "speculative": {"method": "draft-mtp", "num_speculative_tokens": 2} if o.mtp else None,
-                "jinja": True, "reasoning_format": eng.parser("reasoning_parser")["value"],
+                "jinja": True, "reasoning_format": eng.parser("reasoning_parser")["value"], "log_verbosity": 4,
                 "kv_cache_dtype": o.cache_type, "extra_args": [], "env": {}, "api_key_env": eng.api_key_env,
                 "workarounds": [], "tensor_parallel": 1, "data_parallel": 1, "pipeline_parallel": 1}
     if gpu is not None:
@@ -375,6 +380,8 @@ def _fill(plan, o: Option, options, rejected, hw, opts, model, eng, version, gpu
                "resident (mapped pages can be dropped under memory pressure and re-read from disk mid-generation); "
                "mlock would pin them too but needs RLIMIT_MEMLOCK raised, which a unit or container may not allow",
                "llama-server --help (--load-mode: none|mmap|mlock|mmap+mlock)"))
+    D(Decision("log_verbosity", 4, "llama-server prints its model, KV, recurrent-state and compute buffer sizes "
+               "only from verbosity 4: `qwenplan auto` sets them beside the plan's", "llama-server --help (-lv, --verbosity)"))
     D(Decision("fit", "off", "the plan sets every size itself; llama-server's own --fit would change them",
                "llama-server --help (--fit)"))
     D(Decision("speculative", settings["speculative"],
@@ -434,7 +441,7 @@ def _memory(o: Option, gpu, budget, kv_tok) -> dict:
             "activation_bytes": o.compute_gpu, "non_torch_bytes": facts()["gpu_overhead_bytes"] if gpu else 0,
             "cudagraph_bytes": 0, "cudagraph_in_budget": True,
             "headroom_bytes": (budget - o.gpu_total) if budget is not None else 0,
-            "block_size": None, "kv_cache_tokens": kv_cells(o.context * o.slots),
+            "block_size": None, "kv_cache_tokens": kv_cells(o.context, o.slots),
             "max_concurrency_at_max_len": float(o.slots), "full_length_seqs": o.slots,
             "max_len_that_fits": o.context,
             "gpu_weights_bytes": s.gpu, "host_weights_bytes": s.host, "host_expert_bytes": s.experts_host,

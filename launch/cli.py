@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from qwenplan.planner.errors import InputError, QwenplanError
+from qwenplan.planner.errors import InfeasibleError, InputError, QwenplanError
 
 
 def _hardware_options(f):
@@ -30,7 +30,7 @@ def _hardware_options(f):
 
 def load_hardware(hardware_file=None, gpu_names=(), gpu_count=None, ram=None, disk=None, gpu_ids=None):
     from qwenplan.planner import catalog, hardware, probe, whatif
-    from qwenplan.planner.units import parse_size
+    from qwenplan.planner.units import parse_box_size
 
     if hardware_file and gpu_names:
         raise InputError("--hardware and --gpu both describe the box", "give one of them")
@@ -39,13 +39,13 @@ def load_hardware(hardware_file=None, gpu_names=(), gpu_count=None, ram=None, di
     if hardware_file:
         hw = hardware.load(hardware_file, lookup=catalog.find_gpu)
     elif gpu_names:
-        hw = whatif.what_if(list(gpu_names), gpu_count, parse_size(ram, "--ram") if ram else None,
-                            parse_size(disk, "--disk") if disk else None)
+        hw = whatif.what_if(list(gpu_names), gpu_count, parse_box_size(ram, "--ram") if ram is not None else None,
+                            parse_box_size(disk, "--disk") if disk is not None else None)
     else:
         if ram or disk:
             raise InputError("--ram and --disk describe an imagined box", "use them with --gpu, or write a --hardware file")
         hw = probe.probe()
-    if gpu_ids:
+    if gpu_ids is not None:
         try:
             ids = [int(x) for x in gpu_ids.split(",") if x.strip() != ""]
         except ValueError:
@@ -90,6 +90,45 @@ def gpus(as_json):
     views.show_gpu_profiles(catalog.gpus())
 
 
+class _Tokens(click.ParamType):
+    """A token count: 32768, or 128k (x 1024, as context lengths are spoken of)."""
+
+    name = "tokens"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            n = value
+        else:
+            text = str(value).strip().lower()
+            mult = 1024 if text.endswith("k") else 1
+            try:
+                n = int(text[:-1] if mult > 1 else text) * mult
+            except ValueError:
+                self.fail(f"{value!r} is not a number of tokens: write it like 32768 or 128k", param, ctx)
+        if n < 1:
+            self.fail(f"{value!r} is not a context length: give 1 or more tokens, like 32768 or 128k", param, ctx)
+        return n
+
+
+TOKENS = _Tokens()
+
+
+def _check_host(ctx, param, value):
+    """An IP address or a DNS name (RFC 1123); anything else never reaches the engine."""
+    import ipaddress
+    import re
+
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    label = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+    if len(value) <= 253 and re.fullmatch(rf"{label}(\.{label})*\.?", value):
+        return value
+    raise click.BadParameter(f"{value!r} is not an IP address or a host name (e.g. 127.0.0.1, 0.0.0.0, ::1)")
+
+
 def _plan_options(f):
     """What to plan: every command that plans takes these (the design's common options)."""
     opts = [
@@ -100,20 +139,23 @@ def _plan_options(f):
         click.option("--engine-version", metavar="X", help="Plan for this engine version (installed or not)."),
         click.option("--variant", metavar="ID", help="Use this checkpoint variant (see `qwenplan variants`)."),
         click.option("--model", metavar="ID", help="Model to serve (default qwen3.6-35b-a3b)."),
-        click.option("--context", type=int, metavar="N", help="Maximum context length in tokens."),
-        click.option("--concurrency", type=int, metavar="N", help="Maximum concurrent sequences."),
+        click.option("--context", type=TOKENS, metavar="N", help="Maximum context length in tokens (32768, 128k)."),
+        click.option("--concurrency", type=click.IntRange(1), metavar="N", help="Maximum concurrent sequences."),
         click.option("--kv-dtype", metavar="[auto|fp8|f16|q8_0|q4_0]",
                      help="KV cache dtype (llama.cpp: f16, q8_0 or q4_0)."),
         click.option("--no-mtp", "no_mtp", is_flag=True, help="No MTP speculative decoding."),
         click.option("--mtp", "force_mtp", is_flag=True, help="MTP even where a known bug advises against it."),
         click.option("--vision", is_flag=True, help="Serve images and video too (text only by default)."),
-        click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on."),
+        click.option("--host", default="127.0.0.1", show_default=True, callback=_check_host,
+                     help="Address to serve on."),
         click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Port to serve on."),
         click.option("--served-name", metavar="NAME", help="Model name clients use (default: the model id)."),
         click.option("--nodes", type=click.IntRange(1, 64), default=1, show_default=True,
                      help="Nodes of this hardware (pipeline parallel across them)."),
         click.option("--extra-arg", "extra_args", multiple=True, metavar="ARG",
                      help="Extra engine argument, checked against the engine version's flags; repeatable."),
+        click.option("--no-calibration", is_flag=True,
+                     help="Plan from the memory model alone, ignoring engine reports stored on this box."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -129,6 +171,24 @@ def split_options(kw: dict) -> tuple[dict, dict]:
     return plan_kw, kw
 
 
+def engine_for_version(hw, engine: str, version: str | None) -> str:
+    """`--engine-version X` without `--engine`: the one engine that has release X, else the one
+    installed here; refused when that still leaves a choice."""
+    if engine != "auto" or not version:
+        return engine
+    from qwenplan.planner.engines import engines
+
+    known = [e.id for e in engines().values() if version in e.versions]
+    if len(known) == 1:
+        return known[0]
+    installed = [k for k, v in (hw.engines or {}).items() if v and (k in known or not known)]
+    if len(installed) == 1:
+        return installed[0]
+    which = known or list(engines())
+    raise InputError(f"--engine-version needs --engine: {version} could be {' or '.join(which)}",
+                     f"say which, e.g. --engine {which[0]} --engine-version {version}")
+
+
 def build_plan(hw, plan_kw: dict):
     """Hardware + options -> a rendered Plan (command filled in when feasible)."""
     from qwenplan.launch.render import with_command
@@ -137,14 +197,22 @@ def build_plan(hw, plan_kw: dict):
     if plan_kw.get("no_mtp") and plan_kw.get("force_mtp"):
         raise InputError("--mtp and --no-mtp contradict each other", "give one of them")
     mtp = False if plan_kw.get("no_mtp") else (True if plan_kw.get("force_mtp") else None)
+    engine = engine_for_version(hw, plan_kw.get("engine", "auto"), plan_kw.get("engine_version"))
     opts = PlanOptions(model=plan_kw.get("model"), goal=plan_kw.get("goal", "balanced"),
-                       engine=plan_kw.get("engine", "auto"), engine_version=plan_kw.get("engine_version"),
+                       engine=engine, engine_version=plan_kw.get("engine_version"),
                        variant=plan_kw.get("variant"), context=plan_kw.get("context"),
                        concurrency=plan_kw.get("concurrency"), kv_dtype=plan_kw.get("kv_dtype"), mtp=mtp,
                        vision=bool(plan_kw.get("vision")), host=plan_kw.get("host", "127.0.0.1"),
                        port=plan_kw.get("port", 8000), served_name=plan_kw.get("served_name"),
                        nodes=plan_kw.get("nodes", 1), measured=plan_kw.get("measured"))
     return with_command(make_plan(hw, opts), tuple(plan_kw.get("extra_args") or ()))
+
+
+def refuse_infeasible(p, what: str) -> None:
+    """Exit 3 with why, when no plan fits (every command that needs a plan)."""
+    if p.status != "ok":
+        raise InfeasibleError(f"no plan fits, so there is nothing to {what}",
+                              "; ".join(p.requirements[:2]) or "see `qwenplan explain`")
 
 
 def plan_from_cli(kw: dict):
@@ -171,13 +239,18 @@ def plan(as_json, **kw):
 @cli.command()
 @_hardware_options
 @_plan_options
-def explain(**kw):
-    """The plan for people: hardware seen, each decision with its reason, memory per GPU, rejected
-    variants, the command. Works on a box without a GPU (it says what it would take)."""
+@click.option("-v", "--verbose", "--all", "verbose", is_flag=True,
+              help="Also the hardware seen, every decision with its reason and source, the memory table, "
+                   "rejected variants.")
+def explain(verbose, **kw):
+    """The plan for people, on one screen: what runs, context, sequences, KV cache, memory per GPU,
+    warnings, the command (exit 3 when nothing fits: it says what it would take)."""
     from qwenplan.launch import views
 
     p = plan_from_cli(kw)
-    views.show_plan(p, brief=False)
+    views.show_plan(p, verbose=verbose)
+    if p.status != "ok":
+        raise click.exceptions.Exit(3)
 
 
 @cli.command()
@@ -190,10 +263,12 @@ def variants(as_json, **kw):
     rows = variant_rows(p)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
-        return
-    from qwenplan.launch import views
+    else:
+        from qwenplan.launch import views
 
-    views.show_variants(rows)
+        views.show_variants(rows)
+    if p.status != "ok":
+        raise click.exceptions.Exit(3)
 
 
 def variant_rows(p) -> list[dict]:
@@ -232,23 +307,54 @@ def _measured() -> dict:
 def _plan_here(kw: dict, use_calibration: bool = True):
     plan_kw, hw_kw = split_options(dict(kw))
     hw = load_hardware(**{k: hw_kw.get(k) for k in ("hardware_file", "gpu_names", "gpu_count", "ram", "disk", "gpu_ids")})
-    if use_calibration:
+    if use_calibration and not hw_kw.get("no_calibration"):
         plan_kw["measured"] = _measured()
-    return hw, build_plan(hw, plan_kw)
+    p = build_plan(hw, plan_kw)
+    if plan_kw.get("measured") and p.status == "ok":
+        _say_if_calibration_changed(p, build_plan(hw, dict(plan_kw, measured=None)), plan_kw["measured"])
+    return hw, p
+
+
+def _say_if_calibration_changed(p, formula, measured: dict) -> None:
+    """A stored engine report that changes the plan (its sizing, or the choice among candidates)
+    is a decision of its own, named with its files: never a silent switch."""
+    def what(plan):
+        return plan.status, plan.variant.get("id"), plan.engine.get("name"), plan.parallel, plan.settings
+    if what(p) == what(formula):
+        return
+    from qwenplan.planner.plan import Decision
+
+    gpus = {g.get("name") for g in p.memory.get("gpus") or []}
+    files = sorted({o["file"] for o in measured.values() if (o.get("gpu") or {}).get("name") in gpus | {None}})
+    before = (f"{formula.variant['id']} on {formula.engine['name']}, {formula.settings['max_model_len']:,} tokens, "
+              f"{formula.settings['max_num_seqs']} sequences" if formula.status == "ok" else "no plan fits")
+    p.decisions.append(Decision("calibration", "changed the plan", f"engine reports stored on this box changed "
+                                f"the plan; from the formula alone it would be: {before} (--no-calibration)",
+                                ", ".join(files) or "qwenplan calibration list"))
 
 
 @cli.command()
 @_hardware_options
 @_plan_options
 @click.option("--no-parse", is_flag=True, help="Skip running the engine's own argument parser.")
-def doctor(no_parse, **kw):
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON (name, status, detail, fix).")
+def doctor(no_parse, as_json, **kw):
     """Is this box ready for the plan? Driver, engine, the argv through the engine's parser,
     /dev/shm, port, disk. Exit 1 on any failed check."""
-    from qwenplan.launch.doctor import run_checks
+    from dataclasses import asdict
+
     from qwenplan.launch import views
+    from qwenplan.launch.doctor import run_checks
 
     hw, p = _plan_here(kw)
+    refuse_infeasible(p, "check")
     checks = run_checks(p, hw, parse=not no_parse)
+    if as_json:
+        click.echo(json.dumps({"schema": "qwenplan.doctor/1", "ok": not any(ch.status == "fail" for ch in checks),
+                               "checks": [asdict(ch) for ch in checks]}, indent=2))
+        if any(ch.status == "fail" for ch in checks):
+            raise click.exceptions.Exit(1)
+        return
     c = views.console()
     marks = {"ok": "[green]ok[/green]  ", "warn": "[yellow]warn[/yellow]", "fail": "[red]fail[/red]"}
     for ch in checks:
@@ -286,9 +392,12 @@ def export(kind, output, force, venv, user_unit, run_as_user, env_file, image, n
     from qwenplan.launch import export as exp
 
     _, p = _plan_here(kw, use_calibration=False)
-    if p.status != "ok":
-        raise QwenplanError("no plan fits, so there is nothing to export",
-                            "; ".join(p.requirements[:2]) or "see `qwenplan explain`")
+    refuse_infeasible(p, "export")
+    if p.parallel.get("nodes", 1) == 1:
+        for name, value in (("--node-rank", node_rank), ("--head-addr", head_addr)):
+            if value is not None:
+                raise InputError(f"{name} is for multi-node plans; this plan runs on one node",
+                                 f"drop {name}, or plan for several with --nodes N")
     given = {"--venv": venv, "--user": user_unit or None, "--run-as": run_as_user, "--image": image,
              "--namespace": namespace, "--hf-cache": hf_cache, "--storage-size": storage_size,
              "--storage-class": storage_class, "--secret-name": secret_name, "--publish-host": publish_host,
@@ -309,12 +418,26 @@ def export(kind, output, force, venv, user_unit, run_as_user, env_file, image, n
                "k8s": dict(image=image, namespace=namespace, backend=backend, hf_cache=hf_cache,
                            storage_size=storage_size, storage_class=storage_class, secret_name=secret_name),
                "script": dict(venv=venv, env_file=env_file, backend=backend)}[kind]
-    text = exp.render(kind, p.to_dict(), **options)
-    if output:
-        path = exp.write_atomic(output, text, force, mode=exp.file_mode(kind))
-        click.echo(f"wrote {path}", err=True)
-    else:
+    plan = p.to_dict()
+    text = exp.render(kind, plan, **options)
+    if kind == "systemd":
+        prog = exp.systemd_program(plan, venv)
+        if prog and not os.access(prog, os.X_OK):
+            click.echo(f"qwenplan: warning: the unit runs {prog}, which is not here"
+                       + ("" if venv else ": pass --venv with the engine's virtual environment"), err=True)
+    if not output:
         click.echo(text, nl=False)
+        return
+    path = exp.write_atomic(output, text, force, mode=exp.file_mode(kind))
+    click.echo(f"wrote {path}", err=True)
+    if kind in ("compose", "systemd"):
+        # the secrets file the export reads: names only, mode 600, never overwritten
+        given = env_file if kind == "compose" else None
+        env_path = path.parent / (given or exp.ENV_FILE_NAME)
+        if exp.write_env_file(env_path, plan):
+            click.echo(f"wrote {env_path} (mode 600, names only): fill in the values", err=True)
+            if kind == "systemd":
+                click.echo("then install it where the unit reads it (see the unit's header)", err=True)
 
 
 @cli.group()
@@ -326,20 +449,29 @@ def calibration():
 def calibration_list():
     from qwenplan.launch import calibration as cal
 
-    found = _measured()
+    used = _measured()
+    found, _ = cal.records()
     if not found:
         click.echo(f"no engine reports stored yet ({cal.store_dir()})")
-    for key, obs in found.items():
-        r = obs.get("reported") or {}
-        click.echo(f"{key}: {obs['date']} ({obs.get('source')}): weights {r.get('weights_bytes')}, "
-                   f"KV {r.get('kv_cache_bytes')} B, {r.get('kv_tokens')} tokens")
+    for path, d in found:
+        obs = d["observations"][-1]
+        r = obs["reported"]
+        u = used.get(d["key"])
+        mark = ("held back" if u is None else "used by plans" if dict(u, file=None) == dict(obs, file=None)
+                else "an earlier report is used")
+        click.echo(f"{d['key']}: {obs['date']} ({obs['source']}): weights {r.get('weights_bytes')}, "
+                   f"KV {r.get('kv_cache_bytes')} B, {r.get('kv_tokens')} tokens ({len(d['observations'])} "
+                   f"report(s); {mark})")
 
 
 @calibration.command("clear")
 def calibration_clear():
     from qwenplan.launch import calibration as cal
 
-    click.echo(f"removed {cal.clear()} file(s) from {cal.store_dir()}")
+    n, left = cal.clear()
+    click.echo(f"removed {n} file(s) from {cal.store_dir()}")
+    for line in left:
+        click.echo(f"qwenplan: warning: {line}", err=True)
 
 
 def _report(plan_doc: dict, lines: list[str], source: str) -> None:
@@ -369,8 +501,39 @@ def _report(plan_doc: dict, lines: list[str], source: str) -> None:
     for line in cal.compare(m, rep):
         click.echo(f"qwenplan: warning: large miss: {line}", err=True)
     if rep.get("weights_bytes"):
-        path = cal.record(plan_doc, rep, source)
-        click.echo(f"stored in {path}")
+        try:
+            path = cal.record(plan_doc, rep, source)
+        except OSError as e:   # the engine is up: a store that cannot be written is no reason to fail
+            click.echo(f"qwenplan: warning: the engine report was not stored in {cal.store_dir()} "
+                       f"({e.strerror or type(e).__name__}); later plans use the formula", err=True)
+        else:
+            click.echo(f"stored in {path}")
+
+
+def _require_this_box(kw: dict, hw) -> None:
+    """auto and verify run on this box: GPUs only named (--gpu, --hardware) must be GPUs it has,
+    or the engine would start on other hardware and its report be stored under a GPU not here."""
+    if not (kw.get("hardware_file") or kw.get("gpu_names")):
+        return
+    from collections import Counter
+
+    from qwenplan.planner import probe
+    from qwenplan.planner.catalog import find_gpu, normalize_gpu_name
+
+    def kind(g):
+        profile = find_gpu(g.name, g.memory_total_bytes)
+        return profile.id if profile else normalize_gpu_name(g.name)
+
+    here = probe.probe()
+    if not hw.gpus and not here.gpus:
+        return          # a box without a GPU described as one: llama.cpp on this CPU
+    want, have = Counter(map(kind, hw.gpus)), Counter(map(kind, here.gpus))
+    if not want or any(have[k] < n for k, n in want.items()):
+        seen = ", ".join(g.name for g in here.gpus) or "no GPU"
+        named = ", ".join(g.name for g in hw.gpus) or "no GPU"
+        raise InputError(f"this box has {seen}, not the {named} named by --gpu/--hardware",
+                         "run it without --gpu/--hardware to use this box's GPUs; `qwenplan plan` and `export` "
+                         "plan for other hardware")
 
 
 def _report_llamacpp(plan_doc: dict, lines: list[str]) -> None:
@@ -404,14 +567,16 @@ def _launch(p, *, retry: int, log_dir, dummy_model: str | None = None, smoke: bo
         if name != "HF_TOKEN" and os.environ.get(name):
             api_key = os.environ[name]
 
+    user_args = tuple(doc["command"].get("extra_args") or ())   # --extra-arg, on every attempt
+
     def make_command(settings):
         d = copy.deepcopy(doc)
         d["settings"] = settings
-        extra = []
         if dummy_model:
+            # config.json alone: no weights, no tokenizer (render leaves out what needs one)
             d["settings"] = dict(settings, model=dummy_model, load_format="dummy", skip_tokenizer_init=True)
-        cmd = render(d)
-        argv = cmd["argv"] + extra
+        cmd = render(d, user_args)
+        argv = list(cmd["argv"])
         for a in cmd.get("secret_args", []):
             if os.environ.get(a["env"]):
                 argv += [a["flag"], os.environ[a["env"]]]
@@ -424,12 +589,17 @@ def _launch(p, *, retry: int, log_dir, dummy_model: str | None = None, smoke: bo
 
 
 def _log_dir(kind: str):
-    from pathlib import Path
     import time
 
     from qwenplan.launch.calibration import store_dir
 
-    return store_dir().parent / "runs" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = store_dir().parent / "runs" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:                               # before anything starts: a state folder we cannot write is bad input
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create the run log folder {path} ({e.strerror})",
+                         "set QWENPLAN_STATE_DIR (or XDG_STATE_HOME) to a folder you can write")
+    return path
 
 
 @cli.command()
@@ -461,9 +631,9 @@ def auto(dry_run, yes, retry, verify_first, model_path, **kw):
     if p.status != "ok":
         raise click.exceptions.Exit(3)
     doc = p.to_dict()
-    click.echo(doc["command"]["shell"])
     if dry_run:
         return
+    _require_this_box(kw, hw)
     if doc["settings"]["host"] not in ("127.0.0.1", "localhost", "::1") and not any(
             os.environ.get(n) for n in doc["command"]["secret_env"][1:] + [a["env"] for a in doc["command"]["secret_args"]]):
         click.echo(f"qwenplan: warning: serving on {doc['settings']['host']} without an API key", err=True)
@@ -491,9 +661,10 @@ def auto(dry_run, yes, retry, verify_first, model_path, **kw):
             _serve_gguf(p, str(path / files[0]))
     out = _launch(p, retry=retry, log_dir=_log_dir("auto"))
     _finish(doc, out, "qwenplan auto")
-    if out.engine is not None and out.engine.alive():     # serve until the engine ends or a signal stops it
-        click.echo("qwenplan: serving; Ctrl-C or SIGTERM stops the engine", err=True)
-        raise click.exceptions.Exit(out.engine.wait() or 0)
+    from qwenplan.launch.orchestrate import stay_in_foreground
+
+    keys = doc["command"]["secret_env"][1:] + [a["env"] for a in doc["command"]["secret_args"]]
+    return stay_in_foreground(out.engine, doc, next((k for k in keys if os.environ.get(k)), None))
 
 
 def _serve_gguf(p, path: str) -> None:
@@ -508,6 +679,10 @@ def _finish(doc, out, source):
     last = out.last
     for a in out.attempts[:-1]:
         click.echo(f"attempt {a.number}: {a.message} ({a.log_path})", err=True)
+    if last.failure == "interrupted" and out.engine is not None and out.engine.signalled is not None:
+        from qwenplan.launch.orchestrate import interrupted
+
+        raise interrupted(out.engine.signalled)
     if not out.ok:
         msg = last.diagnosis.message if last.diagnosis else last.message
         click.echo(f"qwenplan: error: {msg} (log: {last.log_path})", err=True)
@@ -548,9 +723,9 @@ def _verify(p, retry: int = 0):
 def verify(retry, **kw):
     """Before downloading tens of GB: start the engine on the plan with dummy weights (config.json
     only), read its memory report, store it for later plans, stop it."""
-    _, p = _plan_here(kw)
-    if p.status != "ok":
-        raise click.exceptions.Exit(3)
+    hw, p = _plan_here(kw)
+    refuse_infeasible(p, "verify")
+    _require_this_box(kw, hw)
     _verify(p, retry=retry)
 
 

@@ -6,7 +6,9 @@ import socket
 from dataclasses import dataclass
 
 from qwenplan.planner.engines import get_engine
-from qwenplan.planner.units import GiB, gib
+from qwenplan.planner.flags import nearest_note
+from qwenplan.planner.shm import MIN_SHM_BYTES
+from qwenplan.planner.units import gib
 from qwenplan.planner.versions import Version
 
 
@@ -42,7 +44,7 @@ def run_checks(plan, hw, parse=True) -> list[Check]:
     if gpus > 1:
         if shm is None:
             out.append(Check("shm", "warn", "/dev/shm size unknown", "give containers --ipc=host or --shm-size 16g"))
-        elif shm < 1 * GiB:
+        elif shm < MIN_SHM_BYTES:
             out.append(Check("shm", "fail", f"/dev/shm is {gib(shm)}: too small for {gpus} GPU processes",
                              "run the container with --ipc=host (or --shm-size 16g)"))
         else:
@@ -92,6 +94,9 @@ def _engine_checks(plan, hw, eng, version, parse) -> list[Check]:
                          f"{plan.engine['install']}  (or plan for {installed} with --engine-version {installed})"))
     else:
         out.append(Check("engine", "ok", f"{eng.name} {installed}"))
+    note = nearest_note(eng.id, version)
+    if note:
+        out.append(Check("flags", "warn", note, "" if installed else plan.engine["install"]))
     # the argv through the engine's own parser
     argv = plan.command["argv"]
     if parse and installed:

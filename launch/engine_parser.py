@@ -87,9 +87,17 @@ def engine_python(argv0: str) -> str | None:
         first = Path(exe).read_text(errors="replace").splitlines()[0]
     except (OSError, IndexError):
         return None
-    if first.startswith("#!") and "python" in first:
-        return first[2:].strip().split()[0]
-    return None
+    return _shebang_python(first) if first.startswith("#!") else None
+
+
+def _shebang_python(line: str) -> str | None:
+    """The Python a `#!` line runs: its path, or for `#!/usr/bin/env [-S] python3` the python3
+    that PATH finds (what the engine's console script itself would run)."""
+    parts = line[2:].split()
+    if parts and Path(parts[0]).name == "env":
+        names = [p for p in parts[1:] if not p.startswith("-") and "=" not in p]
+        return shutil.which(names[0]) if names and "python" in names[0] else None
+    return parts[0] if parts and "python" in Path(parts[0]).name else None
 
 
 def parser_args(engine: str, argv: list[str]) -> list[str]:

@@ -24,8 +24,8 @@ Decisions, with their sources:
   dropped there; systemd units and scripts keep it.
 - Start-up allowance: 30 minutes before a health check may fail. The project's own measurement:
   vLLM on one H100 was ready 138 s after start with the weights already on disk
-  (shared/gpu-truth/README.md); a first start also downloads the checkpoint (FP8 ≈ 37.5 GB: 12.5 min
-  at 50 MB/s).
+  (benchmarks/gpu/results/gpu-truth/); a first start also downloads the checkpoint (FP8 ≈ 37.5 GB:
+  12.5 min at 50 MB/s). Exported comments give the figure, not the path: users do not have it.
 - Health: GET /health answers 200 once the model is loaded, without the API key, on both engines
   (vLLM 0.32 `entrypoints/serve/middleware/authenticate.py` guards only /v1, /v2, /inference,
   /cohere; SGLang 0.5.23 `srt/utils/auth.py` always allows /health for probes). Container checks
@@ -46,11 +46,27 @@ Decisions, with their sources:
   ray`). SGLang: the same argv on every node plus `--nnodes N --node-rank R --dist-init-addr
   HEAD:20000` (docs.sglang.io multi_node_deployment). Every flag added here is checked against the
   target version's flag file (profiles/flags/).
+- Multi-node with data parallel (the balanced and throughput plans: PP x DP, DP ranks within a node,
+  PP across nodes): vLLM's own multi-node data parallel (docs/serving/data_parallel_deployment.md,
+  "DP ranks 0 and 1 on the head node and ranks 2 and 3 on the second node": `--data-parallel-size-local`,
+  `--data-parallel-start-rank`, `--data-parallel-address`, `--data-parallel-rpc-port`, workers
+  `--headless`). It places whole DP ranks on a node, so each rank's PP x TP stages share a node and the
+  expert layers (sharded over all DP x TP ranks) talk across nodes: the same memory per GPU as planned,
+  a different network load, said in the export. DP must divide by the node count. SGLang refuses
+  multi-node DP without DP attention (python/sglang/srt/server_args.py, check_server_args: "multi-node
+  data parallel is not supported unless dp attention!"): such plans are refused with the way out.
+- User strings (paths, names, addresses, images) never carry control characters (refused, one line);
+  comments show any that reach them from the plan escaped (\\xNN). Kubernetes names follow DNS-1123 and
+  sizes the quantity format (k8s.io/apimachinery validation and resource.Quantity), as the API server
+  would; a compose HF cache is a folder path (a bare name would be an undeclared named volume) outside
+  the system folders; a systemd EnvironmentFile= is an absolute plain path (systemd ignores a relative
+  one and reads a leading `-` as "optional").
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import math
 import os
 import re
@@ -63,7 +79,7 @@ from pathlib import Path
 from typing import Any, Union
 
 import yaml
-
+from qwenplan.launch.safe_text import CONTROL, printable
 from qwenplan.planner.engines import get_engine
 from qwenplan.planner.errors import InfeasibleError, InputError
 from qwenplan.planner.flags import flag_set
@@ -75,12 +91,109 @@ START_ALLOWANCE_S = 30 * 60          # see the module docstring: download + 138 
 HF_CACHE_IN_CONTAINER = "/root/.cache/huggingface"   # both official images run as root
 SGLANG_DIST_PORT = 20000             # docs.sglang.io multi-node example: --dist-init-addr HOST:20000
 RAY_PORT = 6379
+ENV_FILE_NAME = "qwen.env"           # the secrets file compose reads beside compose.yaml, and its template
+VLLM_DP_RPC_PORT = 13345             # vLLM docs/serving/data_parallel_deployment.md multi-node example
 DEFAULT_SHM = "15Gi"                 # vLLM's LWS example: /dev/shm emptyDir, medium Memory, sizeLimit 15Gi
 
 # HF_TOKEN, HUGGING_FACE_HUB_TOKEN, VLLM_API_KEY, ... but not TOKENIZERS_PARALLELISM or *_MAX_TOKENS
 _SECRET_LIKE = re.compile(r"(^|_)(TOKEN|API_KEY|APIKEY|SECRET|SECRET_KEY|PASSWORD|PASSWD)$", re.I)
 _SECRET_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+# --- user strings: refused when they cannot be written safely ----------------------------------
+
+MAX_OPTION_CHARS = 1024      # a path, a name, an address, an image reference
+MAX_ARG_CHARS = 32 * 1024    # one engine argument; systemd refuses unit lines over 1 MiB (LONG_LINE_MAX)
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_QUANTITY = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?")
+# host folders an HF cache must not be (or be inside): the container writes there as root
+_SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run",
+                 "/sbin", "/sys", "/usr")
+_SYSTEM_FOLDERS = ("/", "/home", "/media", "/mnt", "/opt", "/root", "/srv", "/tmp", "/var", "/var/lib")
+
+
+def _user(value: Any, option: str, limit: int = MAX_OPTION_CHARS) -> str:
+    """A user-given option value: no control characters, a bounded length."""
+    s = str(value)
+    m = CONTROL.search(s)
+    if m:
+        raise InputError(f"{option} contains a control character ({printable(m.group())})",
+                         f"give {option} as plain text")
+    if len(s) > limit:
+        raise InputError(f"{option} is {len(s):,} characters long", f"give at most {limit:,}")
+    if not s.strip():
+        raise InputError(f"{option} is empty", f"give a value, or leave {option} out")
+    return s
+
+
+def _no_space(value: str, option: str, what: str) -> str:
+    if any(c.isspace() for c in value) or value.startswith("-"):
+        raise InputError(f"{option} {printable(value)!r} is not {what}",
+                         f"give {what} (no spaces, not starting with -)")
+    return value
+
+
+def _dns_subdomain(value: str, option: str) -> str:
+    """DNS-1123 subdomain (Secret, PersistentVolumeClaim and StorageClass names)."""
+    _user(value, option)
+    if len(value) > 253 or not all(_DNS1123_LABEL.fullmatch(p) for p in value.split(".")):
+        raise InputError(f"{option} {printable(value)!r} is not a Kubernetes name",
+                         "use at most 253 lower-case letters, digits, '-' and '.', starting and ending "
+                         "with a letter or digit (DNS-1123), e.g. qwenplan-hf")
+    return value
+
+
+def _dns_label(value: str, option: str) -> str:
+    """DNS-1123 label (namespaces)."""
+    _user(value, option)
+    if len(value) > 63 or not _DNS1123_LABEL.fullmatch(value):
+        raise InputError(f"{option} {printable(value)!r} is not a Kubernetes namespace name",
+                         "use at most 63 lower-case letters, digits and '-', starting and ending with a "
+                         "letter or digit (DNS-1123 label), e.g. llm")
+    return value
+
+
+def _quantity(value: str, option: str) -> str:
+    """A positive Kubernetes quantity with a size suffix (Gi, Ti, G, ...) or none (bytes)."""
+    _user(value, option)
+    if not _QUANTITY.fullmatch(value) or not re.search(r"[1-9]", value.rstrip("KMGTPEik")):
+        hint = f"{value[:-1]}i or {value[:-1]}" if re.fullmatch(r"[0-9.]+[KMGTPE]B", value) else "e.g. 200Gi"
+        raise InputError(f"{option} {printable(value)!r} is not a Kubernetes size",
+                         f"give a positive number with Ki/Mi/Gi/Ti (powers of 1024) or k/M/G/T: {hint}")
+    return value
+
+
+def _host_folder(path: str, option: str) -> str:
+    """A host folder to mount: a path (not a bare name), no ':', not a system folder."""
+    _user(path, option)
+    if ":" in path:
+        raise InputError(f"{option} {printable(path)!r} contains ':'",
+                         "give one host folder; the container side is chosen by qwenplan")
+    if not path.startswith(("/", "~/", "./", "../")) and path != "~":
+        raise InputError(f"{option} {path!r} is not a folder path (a bare name would be a named volume)",
+                         f"give an absolute path, e.g. {option} /srv/hf, or ./{path}")
+    if path.startswith("/"):
+        norm = os.path.normpath(path)
+        norm = "/" if norm.startswith("//") and norm.strip("/") == "" else norm
+        if norm in _SYSTEM_FOLDERS or norm in _SYSTEM_TREES or any(
+                norm.startswith(t + "/") for t in _SYSTEM_TREES):
+            raise InputError(f"{option} {path} is a system folder: the engine would write into it as root",
+                             "give a folder of its own, e.g. /srv/hf or ~/.cache/huggingface")
+    return path
+
+
+def _absolute_plain_path(path: str, option: str) -> str:
+    """For systemd's EnvironmentFile=: absolute (a relative one is ignored), no leading `-` (read as
+    'optional'), no trailing backslash (a line continuation)."""
+    _user(path, option)
+    if not path.startswith("/"):
+        raise InputError(f"{option} {path!r} is not an absolute path (systemd would ignore it)",
+                         "give it as /path/to/qwen.env")
+    if "\\" in path:
+        raise InputError(f"{option} {path!r} contains a backslash (systemd would read an escape, or at the "
+                         "end join the next line)", "give a plain path")
+    return path
 
 
 # --- words: literal strings, or values read from the environment at start ----------------------
@@ -123,7 +236,8 @@ class _View:
     nodes: int
     tensor: int
     pipeline: int
-    gpus: int
+    data: int
+    gpus: int                      # per node
     gpu_ids: list
     gpu_uuids: list
     image: str | None
@@ -209,6 +323,10 @@ def _view(plan: Any) -> _View:
         raise InputError("the plan has no engine command (command.argv)", "export a plan made by `qwenplan plan --json`")
     if not engine.get("name") or not engine.get("version"):
         raise InputError("the plan names no engine and version", "export a plan made by `qwenplan plan --json`")
+    long = next((a for a in argv if len(a) > MAX_ARG_CHARS), None)
+    if long is not None:
+        raise InputError(f"an engine argument is {len(long):,} characters long ({printable(long[:40])}...)",
+                         f"keep each argument (a served name, an --extra-arg) under {MAX_ARG_CHARS:,} characters")
 
     secrets: list[str] = []
     for name in list(command.get("secret_env") or []) + [settings.get("api_key_env")]:
@@ -233,6 +351,7 @@ def _view(plan: Any) -> _View:
     port = settings.get("port") or (int(port_w) if isinstance(port_w, str) and port_w.isdigit() else 8000)
     host_w = _flag_value(words, ("--host",))
     host = settings.get("host") or (host_w if isinstance(host_w, str) else None) or "127.0.0.1"
+    _no_space(_user(host, "--host"), "--host", "an address")
 
     tensor = int(parallel.get("tensor") or 1)
     pipeline = int(parallel.get("pipeline") or 1)
@@ -242,11 +361,16 @@ def _view(plan: Any) -> _View:
     gpu_uuids = [u for u in (parallel.get("gpu_uuids") or []) if u]
     gpus = tensor * pipeline * data
     if nodes > 1:
-        if pipeline != nodes or data != 1:
+        if data == 1 and pipeline != nodes:
             raise InputError(f"the plan spans {nodes} nodes with pipeline={pipeline}, data={data}",
                              "multi-node exports need tensor parallel within a node and pipeline parallel "
-                             "across nodes (pipeline == nodes, data == 1)")
-        gpus = tensor   # per node
+                             "across nodes (pipeline == nodes), or data parallel ranks split over the nodes")
+        if data > 1 and data % nodes:
+            raise InputError(f"the plan's {data} data-parallel ranks do not split evenly over {nodes} nodes "
+                             "(vLLM places whole ranks on a node)",
+                             f"plan for a node count that divides {data}, or --goal long-context "
+                             "(tensor parallel within a node, pipeline parallel across nodes)")
+        gpus = gpus // nodes   # per node
     elif gpu_ids:
         gpus = len(gpu_ids)
     elif engine.get("name") == "llamacpp":
@@ -256,7 +380,7 @@ def _view(plan: Any) -> _View:
     title = f"{variant.get('repo') or served} on {engine['name']} {engine['version']}"
     return _View(plan=p, engine=str(engine["name"]), version=str(engine["version"]), argv=words, env=env,
                  secrets=secrets, host=str(host), port=int(port), slug=_slug(served), title=title, nodes=nodes,
-                 tensor=tensor, pipeline=pipeline, gpus=gpus, gpu_ids=gpu_ids, gpu_uuids=gpu_uuids,
+                 tensor=tensor, pipeline=pipeline, data=data, gpus=gpus, gpu_ids=gpu_ids, gpu_uuids=gpu_uuids,
                  image=engine.get("image"), install=engine.get("install"))
 
 
@@ -302,6 +426,20 @@ class NodeLaunch:
     pre: list[list[Word]] = field(default_factory=list)
     wait_for_nodes: int = 0        # Ray head: wait until this many nodes joined before argv
     serves_http: bool = True
+    # vLLM multi-node DP with the rank in a variable: the shell first sets
+    # QWENPLAN_DP_START_RANK=$((variable * ranks_per_node)), which argv reads
+    dp_start: tuple[str, int] | None = None
+
+
+DP_START_VAR = "QWENPLAN_DP_START_RANK"
+
+
+def _dp_start_shell(n: NodeLaunch) -> str:
+    """The shell assignment a NodeLaunch with `dp_start` needs before its argv ('' if none)."""
+    if n.dp_start is None:
+        return ""
+    var, per_node = n.dp_start
+    return f"{DP_START_VAR}=$(({var} * {per_node}))"
 
 
 def node_launch(plan: Any, *, node_rank: int, head_addr: Word, backend: str = "mp",
@@ -332,7 +470,9 @@ def _node_launch(v: _View, *, node_rank: int, head_addr: Word, backend: str, ran
 
     if v.engine == "vllm":
         argv = _ensure_parallel(v, argv, ("--tensor-parallel-size", "-tp"), v.tensor)
-        argv = _ensure_parallel(v, argv, ("--pipeline-parallel-size", "-pp"), v.nodes)
+        argv = _ensure_parallel(v, argv, ("--pipeline-parallel-size", "-pp"), v.pipeline)
+        if v.data > 1:
+            return _vllm_dp_launch(v, argv, role, node_rank, head_addr, backend, rank_word)
         if backend == "mp":
             flags = ["--distributed-executor-backend", "--nnodes", "--node-rank", "--master-addr"]
             if role == "worker":
@@ -352,6 +492,11 @@ def _node_launch(v: _View, *, node_rank: int, head_addr: Word, backend: str, ran
                               pre=[["ray", "start", "--head", f"--port={RAY_PORT}"]], wait_for_nodes=v.nodes)
         raise InputError(f"unknown multi-node backend {backend!r}", "use mp (vLLM's default) or ray")
     if v.engine == "sglang":
+        if v.data > 1:
+            raise InputError(f"SGLang refuses data parallel ({v.data} ranks) across nodes without DP attention "
+                             "(its check_server_args)",
+                             "plan with --engine vllm, or --goal long-context (tensor parallel within a node, "
+                             "pipeline parallel across nodes)")
         if backend not in ("mp", "native", None):
             raise InputError(f"SGLang has no {backend} backend", "SGLang spans nodes with its own --nnodes/--dist-init-addr")
         argv = _ensure_parallel(v, argv, ("--tp-size", "--tensor-parallel-size"), v.tensor)
@@ -361,6 +506,42 @@ def _node_launch(v: _View, *, node_rank: int, head_addr: Word, backend: str, ran
                        "--dist-init-addr", _cat("", head_addr, f":{SGLANG_DIST_PORT}")]
         return NodeLaunch(role, argv, serves_http=role == "head")
     raise InputError(f"{v.engine} has no multi-node launch qwenplan knows", "plan a single node for it")
+
+
+def _vllm_dp_launch(v: _View, argv: list[Word], role: str, node_rank: int, head_addr: Word, backend: str,
+                    rank_word: Word | None) -> NodeLaunch:
+    """vLLM's multi-node data parallel: ranks_per_node whole DP ranks on each node (module docstring)."""
+    if backend != "mp":
+        raise InputError("a multi-node data-parallel plan is exported with vLLM's own DP launcher",
+                         "use backend mp")
+    argv = _ensure_parallel(v, argv, ("--data-parallel-size", "-dp"), v.data)
+    per_node = v.data // v.nodes
+    flags = ["--data-parallel-size-local", "--data-parallel-address", "--data-parallel-rpc-port"]
+    if role == "worker":
+        flags += ["--headless", "--data-parallel-start-rank"]
+    _check_flags(v, flags)
+    tail: list[Word] = ["--data-parallel-size-local", str(per_node), "--data-parallel-address", head_addr,
+                        "--data-parallel-rpc-port", str(VLLM_DP_RPC_PORT)]
+    if role == "head":
+        return NodeLaunch(role, argv + tail)
+    dp_start = None
+    if isinstance(rank_word, EnvRef):
+        start: Word = EnvRef(DP_START_VAR)
+        dp_start = (rank_word.name, per_node)
+    else:
+        start = str(int(rank_word if rank_word is not None else node_rank) * per_node)
+    return NodeLaunch(role, argv + ["--headless"] + tail + ["--data-parallel-start-rank", start],
+                      serves_http=False, dp_start=dp_start)
+
+
+def _multinode_summary(v: _View) -> str:
+    """How the plan's ranks sit on the nodes, in one sentence for the export's header."""
+    if v.data == 1:
+        return (f"tensor parallel {v.tensor} within a node, pipeline parallel {v.nodes} across nodes")
+    return (f"{v.data} data-parallel ranks, {v.data // v.nodes} on each node (vLLM's multi-node data parallel); "
+            f"each rank's pipeline parallel {v.pipeline} x tensor parallel {v.tensor} stays on its node, the "
+            f"expert layers are shared by all {v.data} ranks across the nodes (same memory per GPU as planned; "
+            "a fast interconnect matters)")
 
 
 # --- containers ---------------------------------------------------------------------------------
@@ -389,8 +570,21 @@ def engine_image(plan: Any, image: str | None = None) -> str:
     return _image(v, image)
 
 
+# distribution/reference's grammar (github.com/distribution/reference, reference.go): the images
+# docker, containerd and the kubelet pull
+_IMAGE_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*" \
+                r"|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+_IMAGE_REF = re.compile(rf"(?:{_IMAGE_DOMAIN}/)?{_IMAGE_PATH}(?:/{_IMAGE_PATH})*(?::[\w][\w.-]{{0,127}})?"
+                        r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
+
+
 def _image(v: _View, image: str | None) -> str:
-    if image:
+    if image is not None:
+        _user(image, "--image")
+        if len(image) > 255 or not _IMAGE_REF.fullmatch(image):
+            raise InputError(f"--image {printable(image)!r} is not an image reference",
+                             "give one like registry.example/team/vllm-offload:0.19.1 (lower-case name, optional tag)")
         return image
     if v.image:
         return v.image
@@ -443,8 +637,8 @@ def _health_python(url: str, loop: bool) -> str:
 def _comment(lines: list[str]) -> str:
     out = []
     for line in lines:
-        for part in str(line).splitlines() or [""]:
-            out.append(("# " + part).rstrip())
+        for part in str(line).split("\n"):
+            out.append(("# " + printable(part)).rstrip())
     return "\n".join(out) + "\n"
 
 
@@ -469,6 +663,8 @@ class _Dumper(yaml.SafeDumper):
 def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
     if _YAML12_NOT_STR.match(data):
         return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="'")
+    if CONTROL.search(data):       # double quotes escape them all (\e, \x9b, \L, ...): no raw ones
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style='"')
     return yaml.SafeDumper.represent_str(dumper, data)
 
 
@@ -527,12 +723,13 @@ def render_script(plan: Any, *, venv: str | None = None, env_file: str | None = 
     script for every node: QWENPLAN_NODE_RANK (0 = head) and QWENPLAN_HEAD_ADDR choose the role.
     """
     v = _view(plan)
+    if venv is not None and ":" in _user(venv, "--venv"):
+        raise InputError(f"--venv {venv!r} contains ':', which PATH cannot hold", "give a path without ':'")
     out = ["#!/usr/bin/env bash"]
     head = [f"qwenplan: {v.title}",
             f"GPUs: {_gpu_summary(v)}"]
     if v.nodes > 1:
-        head += [f"Multi-node: {v.nodes} nodes x {v.tensor} GPUs (tensor parallel {v.tensor} within a node, "
-                 f"pipeline parallel {v.nodes} across nodes).",
+        head += [f"Multi-node: {v.nodes} nodes x {v.gpus} GPUs ({_multinode_summary(v)}).",
                  f"Run this same script on every node: QWENPLAN_NODE_RANK=0 on the head, 1..{v.nodes - 1} on the others,",
                  "and QWENPLAN_HEAD_ADDR=<the head node's IP> on all of them."]
     head += [f"Health: curl -fsS http://{_probe_host(v.host)}:{v.port}{HEALTH_PATH} answers 200 once the model is loaded",
@@ -542,8 +739,11 @@ def render_script(plan: Any, *, venv: str | None = None, env_file: str | None = 
     out.append(_comment(head).rstrip("\n"))
     out.append("set -euo pipefail")
     out.append("")
-    default = _dq(env_file) if env_file else "$HOME/.config/qwenplan/qwen.env"
-    out.append(f'QWENPLAN_ENV_FILE="${{QWENPLAN_ENV_FILE:-{default}}}"')
+    # the default is its own assignment: inside "${VAR:-...}" bash still pairs single quotes
+    default = _sh_path(_user(env_file, "--env-file")) if env_file else '"$HOME/.config/qwenplan/qwen.env"'
+    out.append('QWENPLAN_ENV_FILE="${QWENPLAN_ENV_FILE:-}"')
+    out += _sc2016([env_file] if env_file else [], "")
+    out.append(f'[ -n "$QWENPLAN_ENV_FILE" ] || QWENPLAN_ENV_FILE={default}')
     # read NAME=value lines (the format systemd's EnvironmentFile= and compose's env_file: read too)
     # rather than sourcing the file: a value with spaces or `$` stays data, never code
     out += ['if [ -f "$QWENPLAN_ENV_FILE" ]; then',
@@ -565,6 +765,7 @@ def render_script(plan: Any, *, venv: str | None = None, env_file: str | None = 
     for k, val in env.items():
         out.append(f"export {k}={shlex.quote(val)}")
     if venv:
+        out += _sc2016([venv], "")
         out.append(f"export PATH={shlex.quote(str(Path(venv) / 'bin'))}:\"$PATH\"")
     if env or venv:
         out.append("")
@@ -592,11 +793,11 @@ def render_script(plan: Any, *, venv: str | None = None, env_file: str | None = 
     return "\n".join(out) + "\n"
 
 
-def _dq(path: str) -> str:
-    """Text for use inside double quotes in bash: backslash, `"`, `$`, backquote and `}` escaped."""
+def _sh_path(path: str) -> str:
+    """A path as one bash word; a leading ~/ is the user's home, the rest is literal."""
     if path.startswith("~/"):
-        return "$HOME/" + _dq(path[2:])
-    return re.sub(r'([\\"$`}])', r"\\\1", path)
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
 
 
 def _sh_node(n: NodeLaunch, v: _View) -> list[str]:
@@ -612,21 +813,29 @@ def _sh_node(n: NodeLaunch, v: _View) -> list[str]:
                   f"while sum(1 for node in ray.nodes() if node['Alive']) < {n.wait_for_nodes}:",
                   "    time.sleep(5)",
                   "PY"]
+    if n.dp_start:
+        lines.append("  " + _dp_start_shell(n))
     lines += _sc2016(n.argv, "  ")
     lines.append("  exec " + _sh_command(n.argv, indent="    "))
     return lines
 
 
 def _sc2016(argv: list[Word], indent: str) -> list[str]:
-    """shellcheck flags `$` in single quotes as a likely mistake; here it is a literal argument."""
+    """shellcheck flags `$` (SC2016) or a backslash (SC1003) in single quotes as a likely mistake;
+    here they are literal text, on purpose."""
+    codes = []
     if any(isinstance(w, str) and ("$" in w or "`" in w) for w in argv):
-        return [indent + "# shellcheck disable=SC2016  # a literal $ or ` in an argument, on purpose"]
+        codes.append("SC2016")
+    if any(isinstance(w, str) and "\\" in w for w in argv):
+        codes.append("SC1003")
+    if codes:
+        return [indent + f"# shellcheck disable={','.join(codes)}  # literal $, ` or \\ in single quotes, on purpose"]
     return []
 
 
 def _gpu_summary(v: _View) -> str:
     if v.nodes > 1:
-        return f"{v.nodes} nodes x {v.tensor}"
+        return f"{v.nodes} nodes x {v.gpus}"
     ids = ",".join(map(str, v.gpu_ids)) if v.gpu_ids else "?"
     return f"{v.gpus} (ids {ids})"
 
@@ -652,6 +861,8 @@ def _sd_quote(s: str) -> str:
             out.append("\\t")
         elif ord(ch) < 0x20 or ord(ch) == 0x7F:
             out.append(f"\\x{ord(ch):02x}")
+        elif CONTROL.match(ch):          # C1 and U+2028/9: systemd's \u escape (cunescape)
+            out.append(f"\\u{ord(ch):04x}")
         else:
             out.append(ch)
     return '"' + "".join(out) + '"'
@@ -670,15 +881,31 @@ def _sd_exec_word(w: Word) -> str:
 
 
 def _sd_exec_line(key: str, argv: list[Word]) -> str:
-    """One command; backslash-newline continuations (systemd joins them with a space)."""
-    return " \\\n".join(("    " if i else f"{key}=") + " ".join(_sd_exec_word(w) for w in g)
-                          for i, g in enumerate(_groups(argv)))
+    """One command; backslash-newline continuations (systemd joins them with a space). The program's
+    path gets no `$` expansion from systemd (only the arguments do), so only its `%` is escaped."""
+    prog = argv[0]
+    first = _sd_quote(_sd_pct(prog)) if isinstance(prog, str) else _sd_exec_word(prog)
+    return " \\\n".join(("    " if i else f"{key}=") + " ".join(
+        first if i == j == 0 else _sd_exec_word(w) for j, w in enumerate(g)) for i, g in enumerate(_groups(argv)))
 
 
-def _sd_path(path: str, what: str) -> str:
-    if any(c in path for c in "\n\r\t"):
-        raise InputError(f"{what} {path!r} contains a control character", "choose a plain path")
-    return _sd_pct(path)
+def _venv_path(venv: str | None) -> Path:
+    venv_path = Path(_user(venv, "--venv") if venv is not None else sys.prefix).expanduser()
+    if re.search(r"[\\'\"]", str(venv_path)):      # systemd: "Executable name contains special characters"
+        raise InputError(f"the virtual environment {venv!r} has a quote or backslash in its path, which systemd "
+                         "refuses in a program's path", "give a plain path")
+    if not venv_path.is_absolute():
+        raise InputError(f"the virtual environment {venv!r} is not an absolute path", "give it as /path/to/venv")
+    return venv_path
+
+
+def systemd_program(plan: Any, venv: str | None = None) -> str | None:
+    """The program a systemd unit's ExecStart= runs (venv/bin/<argv[0]>), None when it is a variable."""
+    v = _view(plan)
+    prog = v.argv[0]
+    if not isinstance(prog, str):
+        return None
+    return prog if prog.startswith("/") else str(_venv_path(venv) / "bin" / prog)
 
 
 def render_systemd(plan: Any, *, venv: str | None = None, user_unit: bool = False, run_as_user: str | None = None,
@@ -699,9 +926,11 @@ def render_systemd(plan: Any, *, venv: str | None = None, user_unit: bool = Fals
         raise InputError("a user unit runs as the user who starts it", "drop the user option, or export a system unit")
     if run_as_user is not None and not re.fullmatch(r"[a-z_][a-z0-9_-]*[$]?", run_as_user):
         raise InputError(f"{run_as_user!r} is not a user name", "use a name like qwenplan (lower case, digits, - and _)")
-    venv_path = Path(venv if venv else sys.prefix).expanduser()
-    if not venv_path.is_absolute():
-        raise InputError(f"the virtual environment {venv!r} is not an absolute path", "give it as /path/to/venv")
+    venv_path = _venv_path(venv)
+    if hf_home is not None:
+        _user(hf_home, "--hf-home")
+    if head_addr is not None:
+        _no_space(_user(head_addr, "--head-addr"), "--head-addr", "an address")
 
     launch: NodeLaunch | None = None
     argv = list(v.argv)
@@ -727,8 +956,8 @@ def render_systemd(plan: Any, *, venv: str | None = None, user_unit: bool = Fals
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, v.gpu_uuids or v.gpu_ids))
     if hf_home:
         env["HF_HOME"] = hf_home
-    if env_file:
-        env_file_line = _sd_path(env_file, "the env file")
+    if env_file is not None:
+        env_file_line = _sd_pct(_absolute_plain_path(env_file, "--env-file"))
     else:
         env_file_line = "%h/.config/qwenplan/qwen.env" if user_unit else "/etc/qwenplan/qwen.env"
     shown_env = env_file or ("~/.config/qwenplan/qwen.env" if user_unit else "/etc/qwenplan/qwen.env")
@@ -743,14 +972,15 @@ def render_systemd(plan: Any, *, venv: str | None = None, user_unit: bool = Fals
             f"Install: copy to {where}{name}.service, then `{ctl} daemon-reload && {ctl} enable --now {name}`"
             + ("; `loginctl enable-linger $USER` keeps it running after logout" if user_unit else "."),
             f"Secrets ({', '.join(v.secrets) or 'none'}) are read from {shown_env} (EnvironmentFile=), never",
-            "written here. The file must exist (it may be empty), mode 600, lines of NAME=value:",
-            (f"  install -d -m 700 ~/.config/qwenplan && install -m 600 /dev/null {shown_env}" if user_unit else
-             f"  sudo install -d -m 700 /etc/qwenplan && sudo install -m 600 /dev/null {shown_env}")]
+            "written here. The file must exist, mode 600, lines of NAME=value; `qwenplan export -o` writes one",
+            "with the names (no values) beside this unit when it is absent. Install it with:",
+            (f"  install -D -m 600 {ENV_FILE_NAME} {_sh_path(shown_env)}" if user_unit else
+             f"  sudo install -D -m 600 {ENV_FILE_NAME} {_sh_path(shown_env)}")]
     if serves_http:
         head += [f"Health: GET {url} answers 200 once the model is loaded. ExecStartPost= waits for it, so",
                  "`systemctl start` returns (and units ordered After= this one start) only when the server is ready;",
                  f"TimeoutStartSec= allows {START_ALLOWANCE_S // 60} min for that: 138 s on an H100 with the weights cached",
-                 "(shared/gpu-truth), plus the checkpoint download on a first start. Use --no-block to return at once."]
+                 "(measured by qwenplan), plus the checkpoint download on a first start. Use --no-block to return at once."]
     else:
         head += ["This node serves no HTTP: the head node's unit answers the health check."]
     if not user_unit and run_as_user is None:
@@ -758,7 +988,7 @@ def render_systemd(plan: Any, *, venv: str | None = None, user_unit: bool = Fals
                  "  sudo useradd --system --create-home --home-dir /var/lib/qwenplan qwenplan)."]
     lines = [_comment(head).rstrip("\n"),
              "[Unit]",
-             f"Description={_sd_pct('Qwen3.6-35B-A3B: ' + v.title)}",
+             f"Description={_sd_pct(printable('Qwen3.6-35B-A3B: ' + v.title))}",
              "After=network-online.target",
              "Wants=network-online.target",
              # at most 3 failed starts in an hour: a crash during loading is not retried forever
@@ -801,8 +1031,29 @@ def _compose_escape(obj: Any) -> Any:
     return obj
 
 
-def render_compose(plan: Any, *, image: str | None = None, env_file: str = "qwen.env",
-                   hf_cache: str = "~/.cache/huggingface", publish_host: str | None = None,
+def _publish_address(host: str, option: str) -> str:
+    """The address compose publishes the port on: an IP address; `localhost` is 127.0.0.1."""
+    if host in ("", "0.0.0.0", "::"):
+        return host
+    if host.lower() == "localhost":
+        return "127.0.0.1"        # the one name that means the same on every host (RFC 6761, 6.3)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if ip is None or getattr(ip, "scope_id", None):
+        raise InputError(f"{option} {printable(host)!r} is not an IP address: compose publishes a port on an "
+                         "address of this host" + (", and Docker takes no IPv6 zone (%...)" if ip else ""),
+                         f"give {option} as an IP address, e.g. 127.0.0.1 (this host only) or 0.0.0.0 (all)")
+    return str(ip)
+
+
+# the container's HF cache from the host's HF_HOME when the compose file is used, else the default
+HF_CACHE_DEFAULT = "${HF_HOME:-~/.cache/huggingface}"
+
+
+def render_compose(plan: Any, *, image: str | None = None, env_file: str = ENV_FILE_NAME,
+                   hf_cache: str | None = None, publish_host: str | None = None,
                    service: str = "qwen", node_rank: int | None = None, head_addr: str | None = None,
                    backend: str = "mp") -> str:
     """A compose file: the engine's official image, the planned GPUs, the HF cache as a volume, the port
@@ -813,6 +1064,11 @@ def render_compose(plan: Any, *, image: str | None = None, env_file: str = "qwen
     """
     v = _view(plan)
     img = _image(v, image)
+    _user(env_file, "--env-file")
+    if hf_cache is not None:
+        _host_folder(hf_cache, "--hf-cache")
+    if head_addr is not None:
+        _no_space(_user(head_addr, "--head-addr"), "--head-addr", "an address")
     launch = None
     if v.nodes > 1:
         if node_rank is None or not head_addr:
@@ -828,7 +1084,10 @@ def render_compose(plan: Any, *, image: str | None = None, env_file: str = "qwen
     else:
         argv = _container_argv(v, v.argv)
     serves_http = launch is None or launch.serves_http
-    bind = publish_host if publish_host is not None else v.host
+    bind = ""
+    if launch is None:
+        bind = _publish_address(_user(publish_host, "--publish-host"), "--publish-host") \
+            if publish_host is not None else _publish_address(v.host, "--host")
     probe = f"http://127.0.0.1:{v.port}{HEALTH_PATH}" if launch is None else \
         f"http://{_probe_host(v.host)}:{v.port}{HEALTH_PATH}"
 
@@ -849,7 +1108,7 @@ def render_compose(plan: Any, *, image: str | None = None, env_file: str = "qwen
         svc["ports"] = [f"{host_part}:{v.port}:{v.port}" if bind not in ("0.0.0.0", "") else f"{v.port}:{v.port}"]
     else:
         svc["network_mode"] = "host"
-    svc["volumes"] = [f"{hf_cache}:{HF_CACHE_IN_CONTAINER}"]
+    svc["volumes"] = [f"{hf_cache}:{HF_CACHE_IN_CONTAINER}" if hf_cache else None]   # set after escaping
     if v.gpus > 1 or v.nodes > 1:
         svc["ipc"] = "host"
     if v.engine == "sglang":
@@ -871,8 +1130,11 @@ def render_compose(plan: Any, *, image: str | None = None, env_file: str = "qwen
             f"GPUs: {_gpu_summary(v)}" + (f"; node {node_rank} of {v.nodes} ({launch.role})" if launch else ""),
             "Start: docker compose up -d    (NVIDIA Container Toolkit required)",
             f"Secrets ({', '.join(v.secrets) or 'none'}) come from {env_file} beside this file (env_file:), never",
-            f"from here: it must exist and may be empty; lines of NAME=value (install -m 600 /dev/null {env_file}).",
-            f"Image {img}: its `{_container_program(v.argv[0])}` replaces the host command's program."]
+            "from here: it must exist, lines of NAME=value; `qwenplan export -o` writes it with the names (no",
+            "values, mode 600) when it is absent.",
+            f"Image {img}: its `{_container_program(v.argv[0])}` replaces the host command's program.",
+            "HF cache: " + (hf_cache if hf_cache else "$HF_HOME when set where compose runs, else ~/.cache/huggingface")
+            + f", mounted on {HF_CACHE_IN_CONTAINER}."]
     if launch is None:
         head += [f"The engine listens on 0.0.0.0 inside the container (--host rewritten from {v.host}); the port is",
                  f"published on {bind or '0.0.0.0'} only. CUDA_VISIBLE_DEVICES is not set: device_ids picks the planned GPUs,",
@@ -883,9 +1145,13 @@ def render_compose(plan: Any, *, image: str | None = None, env_file: str = "qwen
     if serves_http:
         head += [f"Health: {probe} (python3 in the image; no curl needed). start_period allows",
                  f"{START_ALLOWANCE_S // 60} min for the first start: 138 s to load on an H100 with the weights cached",
-                 "(shared/gpu-truth), plus the download. `restart` acts when the engine exits; compose does not",
+                 "(measured by qwenplan), plus the download. `restart` acts when the engine exits; compose does not",
                  "restart an unhealthy container by itself."]
-    doc = {"services": {service: _compose_escape(svc)}}
+    if launch is not None:
+        head += [f"Multi-node: {v.nodes} nodes x {v.gpus} GPUs ({_multinode_summary(v)})."]
+    out = _compose_escape(svc)
+    out["volumes"] = [out["volumes"][0] or f"{HF_CACHE_DEFAULT}:{HF_CACHE_IN_CONTAINER}"]   # interpolated
+    doc = {"services": {service: out}}
     return _comment(head) + _yaml(doc)
 
 
@@ -917,8 +1183,21 @@ def render_k8s(plan: Any, *, image: str | None = None, name: str | None = None, 
     """
     v = _view(plan)
     img = _image(v, image)
-    nm = _slug(name) if name else f"qwenplan-{v.slug}"
-    secret = secret_name or nm
+    nm = _slug(_user(name, "--name")) if name else f"qwenplan-{v.slug}"
+    secret = _dns_subdomain(secret_name, "--secret-name") if secret_name is not None else nm
+    if namespace is not None:
+        _dns_label(namespace, "--namespace")
+    if storage_size is not None:
+        _quantity(storage_size, "--storage-size")
+    if storage_class is not None:
+        _dns_subdomain(storage_class, "--storage-class")
+    if hf_cache is not None:
+        if hf_cache.startswith("/"):
+            _host_folder(hf_cache, "--hf-cache")
+        else:
+            _dns_subdomain(hf_cache, "--hf-cache (a PersistentVolumeClaim name, or an absolute hostPath)")
+    if shm_size != DEFAULT_SHM:
+        _quantity(shm_size, "--shm-size")
     labels = {"app.kubernetes.io/name": nm, "app.kubernetes.io/managed-by": "qwenplan"}
     meta = {"name": nm, "labels": dict(labels)}
     if namespace:
@@ -972,12 +1251,13 @@ def render_k8s(plan: Any, *, image: str | None = None, name: str | None = None, 
             f"GPUs: {_gpu_summary(v)}; image {img}",
             "Apply: kubectl apply -f THIS_FILE",
             f"Secrets ({', '.join(v.secrets) or 'none'}) come from the Secret {secret!r}, never from here; create it first",
-            f"(values may be empty): kubectl create secret generic {secret} "
+            f"(values may be empty): kubectl create secret generic {shlex.quote(secret)}"
+            + (f" --namespace {shlex.quote(namespace)}" if namespace else "") + " "
             + " ".join(f"--from-literal={s}=..." for s in v.secrets),
             f"The engine listens on 0.0.0.0 in the pod (--host rewritten from {v.host}); the Service is ClusterIP only:",
             f"  kubectl port-forward svc/{nm} {v.port}:{v.port}",
             f"Probes: GET {HEALTH_PATH} (no API key needed). The startupProbe allows {START_ALLOWANCE_S // 60} min before",
-            "liveness counts: 138 s to load on an H100 with the weights cached (shared/gpu-truth), plus the download.",
+            "liveness counts: 138 s to load on an H100 with the weights cached (measured by qwenplan), plus the download.",
             "HF cache: " + (f"hostPath {hf_cache}" if claim is None else f"PersistentVolumeClaim {claim}")
             + ("; shared by all nodes of the group (ReadWriteMany storage, e.g. NFS/CephFS)" if v.nodes > 1 and claim
                else "") + "."]
@@ -1007,11 +1287,15 @@ def render_k8s(plan: Any, *, image: str | None = None, name: str | None = None, 
             head += ["Ray backend: Ray is an optional dependency since vLLM 0.19; the image needs `ray[cgraph]`."]
         else:
             lead_c = container(headl.argv, True, "engine")
-            work_c = container(workl.argv, False, "engine")
+            if workl.dp_start:
+                # the worker's first DP rank is arithmetic on LWS_WORKER_INDEX: the pod's shell does it
+                work_c = container(["/bin/sh", "-c", _dp_start_shell(workl) + " && exec "
+                                    + " ".join(_sh_word(w) for w in workl.argv)], False, "engine")
+            else:
+                work_c = container(workl.argv, False, "engine")
         head += [f"Multi-node: a LeaderWorkerSet of {v.nodes} pods (needs the LWS controller,",
                  "https://lws.sigs.k8s.io/docs/installation/), as in vLLM's docs/deployment/frameworks/lws.md:",
-                 f"tensor parallel {v.tensor} within a node, pipeline parallel {v.nodes} across nodes; only the leader",
-                 "serves HTTP and has probes."]
+                 f"{_multinode_summary(v)}; only the leader serves HTTP and has probes."]
         lws_labels = {**labels, "role": "leader"}
         docs.append({"apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet", "metadata": meta,
                      "spec": {"replicas": 1,
@@ -1049,12 +1333,61 @@ def default_filename(kind: str, plan: Any) -> str:
 
 
 def file_mode(kind: str) -> int:
-    return 0o755 if kind == "script" else 0o644
+    """The most an export's mode may be; write_atomic takes the umask off."""
+    return 0o777 if kind == "script" else 0o666
 
 
-def write_atomic(path: str | os.PathLike, text: str, force: bool = False, *, mode: int = 0o644) -> Path:
+def _umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)     # no /proc: read it the only other way (briefly sets it)
+    os.umask(old)
+    return old
+
+
+def env_file_template(plan: Any) -> str:
+    """The secrets file an export reads, with the names and no values (a user fills them in)."""
+    v = _view(plan)
+    lines = _comment([f"Secrets for qwenplan: {v.title}",
+                      "One NAME=value per line, no quotes; uncomment and fill in. Keep this file mode 600.",
+                      "Read by systemd's EnvironmentFile=, compose's env_file: and qwenplan's scripts."])
+    return lines + "".join(f"#{name}=\n" for name in v.secrets)
+
+
+def write_env_file(path: str | os.PathLike, plan: Any) -> bool:
+    """Write the env file template at `path` (mode 600) unless a file is there: never overwritten.
+    True when written."""
+    p = Path(path).expanduser()
+    if p.exists() or p.is_symlink():
+        return False
+    try:
+        write_atomic(p, env_file_template(plan), mode=0o600)
+    except InputError:
+        if p.exists():           # appeared meanwhile: it stays as it is
+            return False
+        raise
+    return True
+
+
+def write_atomic(path: str | os.PathLike, text: str, force: bool = False, *, mode: int = 0o666) -> Path:
     """Write `text` to `path` through a temporary file in the same folder and a rename, so a reader
-    never sees half a file. An existing file is refused unless `force` (InputError with the fix)."""
+    never sees half a file. An existing file is refused unless `force` (InputError with the fix).
+    The file gets `mode` less the umask; any failure (a full disk, a read-only folder) is one
+    InputError and leaves nothing behind."""
+    try:
+        return _write_atomic(path, text, force, mode & ~_umask() & 0o777)
+    except OSError as e:
+        where = Path(path).expanduser()
+        raise InputError(f"cannot write {where}: {e.strerror or e}",
+                         "free some space or choose a folder you can write to (-o FILE)") from None
+
+
+def _write_atomic(path: str | os.PathLike, text: str, force: bool, mode: int) -> Path:
     p = Path(path).expanduser()
     if p.is_dir():
         raise InputError(f"{p} is a folder", f"give a file name, e.g. -o {p / 'FILE'}")

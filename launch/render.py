@@ -27,6 +27,16 @@ ORDER = ("served_model_name", "host", "port", "tensor_parallel", "pipeline_paral
          "ctx_checkpoints", "cache_ram_mib", "jinja", "reasoning_format", "log_verbosity")
 
 
+# qwenplan's own option for a planned setting, named when an --extra-arg tries to set it.
+OPTION_FOR = {"served_model_name": "--served-name", "host": "--host", "port": "--port",
+              "tensor_parallel": "--gpu-ids (or --gpus)", "data_parallel": "--gpu-ids (or --gpus)",
+              "pipeline_parallel": "--nodes", "max_model_len": "--context", "max_num_seqs": "--concurrency",
+              "kv_cache_dtype": "--kv-dtype", "speculative": "--mtp / --no-mtp", "disable_vision": "--vision"}
+# Options whose value is a credential: keys come from the environment or an env file only, so
+# they never sit in a plan, a unit file, a process list or the shell history.
+SECRET_FLAGS = ("--api-key", "--admin-api-key", "--hf-token")
+
+
 class RenderError(InputError):
     pass
 
@@ -59,6 +69,64 @@ def spell(engine_id: str, version: str, key: str, value: Any, settings: dict) ->
     return [_fill(t, value, settings) for t in e["argv"]]
 
 
+def _flag_name(arg: str) -> str:
+    """'--max_model_len=5' -> '--max-model-len' (the engines' parsers take either spelling)."""
+    flag = arg.partition("=")[0]
+    return "--" + flag[2:].replace("_", "-") if flag.startswith("--") else flag
+
+
+def planned_flags(engine_id: str, version: str, settings: dict) -> dict[str, str]:
+    """{flag: setting} for every flag that spells a setting this plan decides, in this version:
+    the rendered spelling, the parser's aliases for it and its --no- form (rendered or left at
+    the engine's default, the setting is the plan's), plus the flags of the plan's workarounds."""
+    engine = get_engine(engine_id)
+    out: dict[str, str] = {}
+    for key in ORDER:
+        if key not in settings:
+            continue
+        e = pick(engine.arg_spellings(key) or [], version)
+        for token in (e["argv"] + list(e.get("aliases") or ())) if e else ():
+            if token.startswith("-") and not token.startswith("-{"):
+                flag = _flag_name(token)
+                out[flag] = key
+                if flag.startswith("--"):
+                    out["--no-" + flag[2:]] = key
+    for token in settings.get("extra_args") or ():
+        if token.startswith("-"):
+            out.setdefault(_flag_name(token), "workaround")
+    return out
+
+
+def check_extra_args(engine_id: str, version: str, settings: dict, extra_args) -> None:
+    """Refuse an --extra-arg that carries a credential or sets what the plan already sets: the
+    engine's parser takes the last value, so it would silently override the plan (and what the
+    plan says about exposure and memory would no longer be true)."""
+    planned = planned_flags(engine_id, version, settings)
+    engine = get_engine(engine_id)
+    key_env = engine.raw.get("api_key_env") or engine.raw.get("api_key_flag_env") or "the API key variable"
+    for arg in extra_args:
+        if not arg.startswith("-"):
+            continue
+        flag = _flag_name(arg)
+        if flag in SECRET_FLAGS:
+            raise RenderError(f"--extra-arg {flag} would write a credential into the plan, exported files and the "
+                              "process list", f"set {key_env if flag != '--hf-token' else 'HF_TOKEN'} in the "
+                              "environment (or the export's --env-file) instead")
+        setting = planned.get(flag)
+        if setting is None:
+            continue
+        value = settings.get(setting)
+        shown = ("the engine's default" if value is None else
+                 json.dumps(value) if isinstance(value, (dict, list, bool)) else str(value))
+        what = (f"the plan's {setting} ({shown})" if setting != "workaround"
+                else "a workaround the plan applies (see `qwenplan explain`)")
+        own = OPTION_FOR.get(setting)
+        fix = (f"use qwenplan's {own} instead, so the plan is made for it" if own else
+               "qwenplan sizes this from its memory model; drop the extra arg (or pass --variant, --context, "
+               "--concurrency to change the plan)")
+        raise RenderError(f"--extra-arg {arg} would override {what}", fix)
+
+
 def check_flags(engine_id: str, version: str, args: list[str]) -> str | None:
     """Refuse flags (and choice values) this version's parser does not accept. Returns the
     version whose flag set was used, or None when none is on file."""
@@ -89,13 +157,16 @@ def render(plan: dict, extra_args: tuple[str, ...] = ()) -> dict:
     version = eng_doc["version"]
     argv = [t.format(model=settings["model"]) for t in engine.entry_argv(version)]
     args: list[str] = []
+    left_out = set(tokenizer_settings(engine.id, version)) if settings.get("skip_tokenizer_init") else set()
     for key in ORDER:
-        args += spell(engine.id, version, key, settings.get(key), settings)
+        if key not in left_out:
+            args += spell(engine.id, version, key, settings.get(key), settings)
     args += list(settings.get("extra_args") or ())
+    check_extra_args(engine.id, version, settings, extra_args)
     args += list(extra_args)
     checked = check_flags(engine.id, version, args)
     env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"} if plan["parallel"].get("gpu_ids") else {}
-    gpus = plan["parallel"].get("gpu_uuids") or [str(i) for i in plan["parallel"].get("gpu_ids") or ()]
+    gpus = _visible_devices(plan["parallel"], engine.device_ids(version))
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     env.update({k: str(v) for k, v in (settings.get("env") or {}).items()})
@@ -108,7 +179,37 @@ def render(plan: dict, extra_args: tuple[str, ...] = ()) -> dict:
         secret_args.append({"flag": "--api-key", "env": engine.raw["api_key_flag_env"]})
     full = argv + args
     return {"argv": full, "env": env, "secret_env": secret_env, "secret_args": secret_args,
-            "shell": shell_line(full, env), "flags_checked_against": checked}
+            "shell": shell_line(full, env), "flags_checked_against": checked, "extra_args": list(extra_args)}
+
+
+def tokenizer_settings(engine_id: str, version: str) -> list[str]:
+    """Plan settings a start without a tokenizer (--skip-tokenizer-init) leaves out (profiles/engines.yaml)."""
+    rule = get_engine(engine_id).without_tokenizer(version)
+    return list(rule["drop"]) if rule else []
+
+
+def tokenizer_flags(engine_id: str, version: str) -> list[tuple[str, int]]:
+    """The same rule as flags, for an argv rendered elsewhere (benchmarks/gpu/runner.py): each
+    flag those settings are spelled with in this version, and how many values follow it."""
+    out = []
+    for key in tokenizer_settings(engine_id, version):
+        e = pick(get_engine(engine_id).arg_spellings(key) or [], version)
+        items = e["argv"] if e else []
+        for i, item in enumerate(items):
+            if item.startswith("-"):
+                n = 0
+                while i + 1 + n < len(items) and not items[i + 1 + n].startswith("-"):
+                    n += 1
+                out.append((item, n))
+    return out
+
+
+def _visible_devices(parallel: dict, naming: str) -> list[str]:
+    """CUDA_VISIBLE_DEVICES entries: UUIDs, or PCI-order indices for engine versions that parse
+    the variable with int() (profiles/engines.yaml device_ids)."""
+    if naming == "uuid" and parallel.get("gpu_uuids"):
+        return list(parallel["gpu_uuids"])
+    return [str(i) for i in parallel.get("gpu_pci_indices") or parallel.get("gpu_ids") or ()]
 
 
 def shell_line(argv: list[str], env: dict[str, str]) -> str:

@@ -1,9 +1,10 @@
 """Running the engine: checks first, then the child process, its log, readiness, smoke test, stop.
 
 The engine runs in its own process group (start_new_session), so Ctrl-C in the terminal reaches
-only qwenplan, which forwards it to the whole group — the engine and the workers it spawned
-(vLLM's EngineCore, tensor-parallel workers) — then kills the group after a grace period. No
-engine process outlives qwenplan, short of qwenplan itself being SIGKILLed.
+only qwenplan, which on SIGINT, SIGTERM or SIGHUP sends SIGTERM to the whole group — the engine
+and the workers it spawned (vLLM's EngineCore, tensor-parallel workers) — then kills the group
+after a grace period. No engine process outlives qwenplan, short of qwenplan itself being
+SIGKILLed.
 
 Readiness is staged the way an OpenAI-compatible server becomes usable: the process is alive,
 `/health` answers 200, `/v1/models` lists the served name, one short streamed chat completion
@@ -177,7 +178,7 @@ class Smoke:
 class LaunchResult:
     ok: bool
     stage: str                       # the last stage reached (STAGES)
-    failure: str | None              # exited | timeout | smoke | wrong-model | unauthorized | interrupted
+    failure: str | None              # exited | timeout | smoke | wrong-model | unauthorized | squatted | interrupted
     message: str                     # one line for people
     exit_code: int | None
     timings: dict[str, float]        # stage -> seconds after spawn
@@ -281,6 +282,7 @@ class Engine:
         self._pump: threading.Thread | None = None
         self._log = None
         self.started_at = 0.0
+        self._wake_r = self._wake_w = -1
 
     # lifetime
 
@@ -305,20 +307,35 @@ class Engine:
             self._log.close()
             raise EngineMissingError(f"{self.argv[0]} is not installed (not found)", "install the engine the plan names")
         self.started_at = time.monotonic()
+        # One byte here wakes wait(): written when the engine exits and by the signal handler
+        # (os.write is safe in a handler; an Event's lock is not).
+        self._wake_r, self._wake_w = os.pipe()
         self._write(f"# qwenplan: engine pid {self.proc.pid}")
         self._pump = threading.Thread(target=self._read_log, name="engine-log", daemon=True)
         self._pump.start()
+        threading.Thread(target=self._watch, name="engine-exit", daemon=True).start()
         if self._forward and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 self._old_handlers[sig] = signal.signal(sig, self._on_signal)
         return self
 
+    def _watch(self) -> None:
+        self.proc.wait()
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
     def _on_signal(self, sig, frame):
         if self.signalled is None:
             self.signalled = sig
-            self.send(sig)              # the engine shuts down as it would on its own Ctrl-C
+            self.send(signal.SIGTERM)   # SIGINT, SIGTERM or SIGHUP: the engine shuts down cleanly
         else:
             self.send(signal.SIGKILL)   # asked twice: do not wait
+        self._wake()
 
     def _write(self, line: str) -> None:
         if self._log and not self._log.closed:
@@ -383,6 +400,12 @@ class Engine:
         if self._pump:
             self._pump.join(timeout=5)
         self._restore_signals()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r = self._wake_w = -1
         if self._log and not self._log.closed:
             self._write(f"# qwenplan: engine exited with code {self.proc.returncode}")
             self._log.close()
@@ -395,10 +418,13 @@ class Engine:
                 pass
         self._old_handlers.clear()
 
-    def wait(self, poll_s: float = 0.2) -> int | None:
+    def wait(self) -> int | None:
         """Stay in the foreground until the engine exits or qwenplan is signalled; returns its exit code."""
+        import select
+
         while self.proc and self.proc.poll() is None and self.signalled is None:
-            time.sleep(poll_s)
+            select.select([self._wake_r], [], [])      # blocks: woken by the exit or the signal
+            os.read(self._wake_r, 64)
         return self.stop()
 
     def close(self) -> None:
@@ -424,6 +450,40 @@ def _request(host: str, port: int, method: str, path: str, *, headers=None, body
         return resp.status, resp.read()
     finally:
         conn.close()
+
+
+def squatter(engine: Engine, port: int) -> str | None:
+    """None when the listener on `port` is the engine (its process or one it spawned); else who it is.
+
+    While the engine loads (minutes), any local process may bind the planned port first; it must
+    not get the API key, nor be reported as the engine being ready."""
+    import psutil
+
+    ours = {engine.pid}
+    try:
+        ours |= {c.pid for c in psutil.Process(engine.pid).children(recursive=True)}
+    except psutil.Error:
+        pass
+    try:
+        pids = {c.pid for c in psutil.net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port}
+    except psutil.Error as e:
+        return f"a listener qwenplan cannot identify ({type(e).__name__})"
+    for pid in pids:
+        try:
+            if pid in ours or (pid is not None and os.getpgid(pid) == engine.pid):
+                return None
+        except OSError:
+            continue
+    if not pids:
+        return "a listener qwenplan cannot see"
+    names = []
+    for pid in pids:
+        try:
+            names.append(f"pid {pid} ({psutil.Process(pid).name()})" if pid else "another user's process")
+        except psutil.Error:
+            names.append(f"pid {pid}")
+    return ", ".join(sorted(names))
 
 
 def _auth(api_key: str | None) -> dict[str, str]:
@@ -519,6 +579,12 @@ def wait_ready(engine: Engine, *, host: str, port: int, served_name: str, api_ke
             if stage == "alive":
                 code, _ = _request(target, port, "GET", "/health", timeout=2.0)
                 if code == 200:
+                    other = squatter(engine, port)     # before the first request that carries the key
+                    if other:
+                        failure = "squatted"
+                        message = (f"port {port} is answered by {other}, not the engine; the API key was not sent "
+                                   f"(stop that process or pass another --port)")
+                        break
                     reach("health")
             if stage == "health":
                 code, data = _request(target, port, "GET", "/v1/models", headers=auth, timeout=5.0)
@@ -538,6 +604,8 @@ def wait_ready(engine: Engine, *, host: str, port: int, served_name: str, api_ke
                         smoke_res = smoke_test(target, port, served_name, api_key=api_key, timeout_s=smoke_timeout_s,
                                                stop=lambda: engine.signalled is not None)
                     except LaunchError as e:
+                        if engine.signalled is not None:
+                            continue     # the signal ended the request: reported as interrupted above
                         failure, message = "smoke", e.problem
                         break
                     if engine.signalled is not None:

@@ -24,13 +24,48 @@ def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=loader)
 
 
-def _parsed_cache(text: str) -> Path | None:
-    """Where the parsed form of this exact text is kept: parsing YAML costs ~10 ms a file even
-    with libyaml, and `explain` must stay well under 200 ms. Keyed by the content's hash, so an
-    edited profile is never read stale; a cache that cannot be written is simply not used."""
+MAX_CACHE_BYTES = 16 << 20
+
+
+def _parsed_cache(text: str) -> tuple[Path, str]:
+    """Where the parsed form of this exact text is kept, and the text's key: parsing YAML costs
+    ~10 ms a file even with libyaml, and `explain` must stay well under 200 ms. Keyed by the
+    content's hash, so an edited profile is never read stale."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    digest = hashlib.sha256(text.encode()).hexdigest()[:32]
-    return Path(base) / "qwenplan" / "profiles" / f"{digest}.json"
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return Path(base) / "qwenplan" / "profiles" / f"{digest[:32]}.json", digest
+
+
+def _read_cache(path: Path, key: str) -> Any:
+    """The cached parse, or None on any doubt. The file is a header line (the text's key and the
+    hash of the data below it) and the data as JSON: a file that is not regular, not ours, edited
+    or cut short is a miss, never believed and never a crash."""
+    from qwenplan.launch.files import read_regular
+
+    try:
+        raw = read_regular(path, MAX_CACHE_BYTES)
+        head, _, body = raw.partition(b"\n")
+        header = json.loads(head)
+        if (not isinstance(header, dict) or header.get("key") != key
+                or header.get("sha256") != hashlib.sha256(body).hexdigest()):
+            return None
+        data = json.loads(body)
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_cache(path: Path, key: str, data: Any) -> None:
+    """Best effort: a cache that cannot be written is simply not used."""
+    from qwenplan.launch.files import write_atomic
+
+    try:
+        body = json.dumps(data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = json.dumps({"key": key, "sha256": hashlib.sha256(body.encode()).hexdigest()})
+        write_atomic(path, header + "\n" + body, mode=0o644)
+    except (OSError, TypeError, ValueError):
+        pass
 
 
 @lru_cache(maxsize=None)
@@ -38,19 +73,11 @@ def load_profile(name: str) -> Any:
     """One YAML file of the qwenplan.profiles package, parsed once per process (and, between
     processes, from a JSON copy in the user's cache)."""
     text = resources.files("qwenplan.profiles").joinpath(name).read_text(encoding="utf-8")
-    cache = _parsed_cache(text)
-    try:
-        return json.loads(cache.read_text())
-    except (OSError, ValueError):
-        pass
-    data = _yaml_load(text)
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, cache)
-    except (OSError, TypeError, ValueError):
-        pass
+    cache, key = _parsed_cache(text)
+    data = _read_cache(cache, key)
+    if data is None:
+        data = _yaml_load(text)
+        _write_cache(cache, key, data)
     return data
 
 
@@ -74,12 +101,22 @@ class GPUProfile:
     fp8: bool
     fp4: bool
     nvlink: bool
-    unified_memory: bool
+    unified_memory: str | None       # None, "coherent" (own HBM) or "shared" (one pool with the CPU)
     tier: str
     sources: tuple[str, ...] = field(default=())
+    memory_visible_mib: int | None = None
     # Dense tensor-core peaks (no sparsity), TFLOP/s: what the speed model's prefill terms use.
     bf16_tflops: float | None = None
     fp8_tflops: float | None = None
+
+    @property
+    def shares_host_memory(self) -> bool:
+        return self.unified_memory == "shared"
+
+    @property
+    def visible_memory_bytes(self) -> int:
+        """What CUDA calls total: a shared pool's measured visible size, else the profile's memory."""
+        return (self.memory_visible_mib or self.memory_mib) * MiB
 
     @property
     def memory_bytes(self) -> int:
@@ -100,8 +137,9 @@ def _gpu_from(d: dict) -> GPUProfile:
         architecture=d["architecture"], compute_capability=str(d["compute_capability"]),
         memory_mib=int(d["memory_mib"]), memory_mib_measured=bool(d.get("memory_mib_measured")),
         memory_bandwidth_gbs=d.get("memory_bandwidth_gbs"), bf16=bool(d.get("bf16")), fp8=bool(d.get("fp8")),
-        fp4=bool(d.get("fp4")), nvlink=bool(d.get("nvlink")), unified_memory=bool(d.get("unified_memory")),
+        fp4=bool(d.get("fp4")), nvlink=bool(d.get("nvlink")), unified_memory=d.get("unified_memory") or None,
         tier=d.get("tier", "datacenter"), sources=tuple(d.get("sources") or ([d["source"]] if d.get("source") else [])),
+        memory_visible_mib=d.get("memory_visible_mib"),
         bf16_tflops=d.get("bf16_tflops"), fp8_tflops=d.get("fp8_tflops"),
     )
 

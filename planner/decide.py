@@ -17,11 +17,12 @@ import json
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from . import llamacpp, objective, speed
+from . import disk, llamacpp, objective, offload, shm, speed
+from .budget import SharedPool, shared_pool
 from .catalog import find_gpu, load_profile
 from .engines import Engine, check_version, get_engine, pick, workarounds
 from .errors import InputError
-from .hardware import GPU, Hardware
+from .hardware import GPU, Hardware, from_dict
 from .model import Model, get_model
 from .objective import Predictor
 from .plan import Decision, GpuMemory, Plan, Rejected
@@ -35,7 +36,7 @@ DEFAULT_MODEL = "qwen3.6-35b-a3b"
 GOALS = ("balanced", "long-context", "throughput")
 TP_SIZES = (1, 2, 4, 8)
 MTP_TOKENS = 2
-MTP_SOURCE = ("seed 004_4013bd33fa33a1c3.txt (num_speculative_tokens 2); "
+MTP_SOURCE = ("https://huggingface.co/palmfuture/Qwen3.6-35B-A3B-GPTQ-Int4 (num_speculative_tokens 2); "
               "https://huggingface.co/Qwen/Qwen3.6-35B-A3B (MTP speculative decoding)")
 
 
@@ -73,6 +74,7 @@ class GpuView:
     cc: tuple[int, int]
     nvlink_all: bool
     names: tuple[str, ...]
+    pool: SharedPool | None = None   # unified memory: the budget comes from the host (planner/budget.py)
 
     @property
     def count(self) -> int:
@@ -107,7 +109,7 @@ def gpu_view(hw: Hardware) -> tuple[GpuView | None, list[str]]:
         gpus=tuple(usable), cuda_total=min(g.cuda_total_bytes for g in usable),
         cuda_free=None if any(f is None for f in frees) else min(frees),
         cc=min(g.compute_capability_tuple() for g in usable), nvlink_all=nvlink_all,
-        names=tuple(g.name for g in usable)), warnings
+        names=tuple(g.name for g in usable), pool=shared_pool(hw, usable)), warnings
 
 
 def _cc_matches(cc: tuple[int, int], spec: str) -> bool:
@@ -222,6 +224,9 @@ def _support_problem(v: Variant, choice: EngineChoice, view: GpuView) -> str | N
     need = v.min_compute_capability()
     if need and view.cc < tuple(int(x) for x in need.split(".")):
         return f"needs compute capability {need}+ (these GPUs: {view.cc_text})"
+    need = spec.get("min_compute_capability")   # this engine's kernels for this format
+    if need and view.cc < tuple(int(x) for x in need.split(".")):
+        return f"{eng.name} needs compute capability {need}+ for it (these GPUs: {view.cc_text}; {spec['cc_source']})"
     eng_cc = eng.min_compute_capability(choice.version)
     if eng_cc and view.cc < tuple(int(x) for x in eng_cc[0].split(".")):
         return f"{eng.name} {choice.version} needs compute capability {eng_cc[0]}+ (these GPUs: {view.cc_text})"
@@ -249,6 +254,8 @@ def _layouts(v: Variant, view: GpuView, opts: PlanOptions, engine: str) -> list[
 def _gmu(choice: EngineChoice, view: GpuView, family: str) -> tuple[float, str]:
     """The memory fraction: the engine's default, lowered when other processes hold memory."""
     eng = choice.engine
+    if view.pool:
+        return view.pool.fraction, view.pool.reason
     default, source = eng.default("gpu_memory_utilization", choice.version)
     if default is None:
         default, source = 0.90, "SGLang's own fraction is derived from the sizing below"
@@ -301,7 +308,8 @@ def _candidates(v: Variant, choice: EngineChoice, view: GpuView, opts: PlanOptio
     mtp_opts, _ = _mtp_options(v, choice, opts, goal)
     # Sized first at the sequence cap (the sampler's activation and the graphs grow with it),
     # then again at the count chosen (_evaluate).
-    cap = opts.concurrency or goal["max_seqs"]
+    # The goal's own concurrency where it has one: the knee (_knee) may go higher where memory allows.
+    cap = opts.concurrency or min(goal["max_seqs"], goal.get("concurrency") or goal["max_seqs"])
     for tp, pp, dp in _layouts(v, view, opts, eng.id):
         for kv in _kv_options(opts, view, choice):
             for spec in mtp_opts:
@@ -368,7 +376,7 @@ def _evaluate(o: Option, context: int, goal: dict, opts: PlanOptions, view: GpuV
             # block: the most the pool can run at once, whatever their length (vLLM preempts
             # the newest when longer ones need more blocks)
             limit = state_block_limit(s)
-            seqs = min(seqs, limit) if opts.concurrency else (min(max_seqs, limit) if seqs >= min_seqs else seqs)
+            seqs = min(seqs, limit) if opts.concurrency else (min(o.cand.max_seqs, limit) if seqs >= min_seqs else seqs)
     else:
         seqs = min(max_seqs, s.cache_bytes // (typical * s.kv_per_token + s.state_per_seq))
     if seqs < min_seqs:
@@ -473,7 +481,17 @@ def make_plan(hw: Hardware, opts: PlanOptions = PlanOptions()) -> Plan:
         if not any(o.cand.variant is v for o in options):
             plan.rejected.append(Rejected(v.id, "; ".join(dict.fromkeys(problems)) or "no engine can load it here"))
     predictor = Predictor(speed.machine_for(view.names[0], nvlink=view.nvlink_all))
-    best, by_variant = _search(options, ladder, goal, opts, view, predictor)
+    # Variants that fit the free disk first; the others only when none of those fits.
+    on_disk = [o for o in options if not disk.shortfall(o.cand.variant, hw)]
+    best, by_variant = (_search(on_disk, ladder, goal, opts, view, predictor) if len(on_disk) < len(options)
+                        else (None, {}))
+    if best is not None:
+        short = {o.cand.variant.id: o.cand.variant for o in options if disk.shortfall(o.cand.variant, hw)}
+        plan.rejected.extend(Rejected(v.id, disk.rejection(v, hw)) for v in short.values())
+    else:
+        best, by_variant = _search(options, ladder, goal, opts, view, predictor)
+        if best is not None and disk.shortfall(best.cand.variant, hw):
+            plan.warnings.append(disk.warning(best.cand.variant, hw))
     for v in pool:
         if v.id in by_variant or any(r.variant == v.id for r in plan.rejected):
             continue
@@ -507,10 +525,10 @@ def _search(options, ladder, goal, opts, view, predictor: Predictor):
     by_variant: dict[str, Option] = {}
     best = None
     facts = load_profile("engines.yaml")["engines"]["vllm-offload"]["expert_cache"]
-    # Stock engines first; then the fork with a cache big enough to rarely overflow; then any.
-    for offload, min_slots in ((False, 0), (True, facts["comfortable_slots"]), (True, facts["min_slots"])):
+    # Stock engines first; then the fork, only with enough experts resident (profiles/engines.yaml).
+    for fork, min_slots in ((False, 0), (True, facts["min_resident_experts"])):
         for context in ladder:
-            found = [e for o in options if (o.cand.engine == "vllm-offload") == offload
+            found = [e for o in options if (o.cand.engine == "vllm-offload") == fork
                      for e in [_evaluate(o, context, goal, opts, view, min_slots)] if e]
             for vid in dict.fromkeys(e.cand.variant.id for e in found):
                 if vid not in by_variant:
@@ -548,6 +566,7 @@ def _knee(o: Option, goal: dict, opts: PlanOptions, view: GpuView, predictor: Pr
 
 def _why_not(v: Variant, options, ladder, goal, opts, view) -> str:
     mine = [o for o in options if o.cand.variant is v]
+    mine = [o for o in mine if o.cand.engine != "vllm-offload"] or mine   # the fork says its own (_fork_refusals)
     if not mine:
         return "no engine/layout can load it here"
     top = max(mine, key=lambda o: o.sized.cache_bytes)
@@ -577,13 +596,26 @@ def _no_gpu_plan(plan: Plan, hw: Hardware, opts: PlanOptions, choices) -> Plan:
                          f"{p.settings['max_model_len']:,} tokens of context, {p.settings['max_num_seqs']} sequences")
     plan.requirements = found or ["a GPU with at least 12 GB and compute capability 7.5"]
     plan.decisions.append(Decision("hardware", "no GPU", "nothing to plan on; see requirements for the smallest GPUs "
-                                   "that serve the model and what each gives", "qwenplan probe (NVML)"))
+                                   "that serve the model and what each gives", "planner/probe.py (NVML)"))
     return plan
+
+
+def _fork_refusals(options, ladder, goal, opts, view, hw) -> list[str]:
+    """The fork's best plan below the resident-expert threshold, said as what it would take."""
+    near = [e for context in ladder for o in options if o.cand.engine == "vllm-offload"
+            for e in [_evaluate(o, context, goal, opts, view, offload.facts()["min_slots"])] if e]
+    if not near:
+        return []
+    best = max(near, key=lambda e: (e.cand.expert_cache, e.context))
+    v = best.cand.variant
+    slot = weights_on_gpu(replace(best.cand, expert_cache=0))[2]
+    return [offload.refusal(v.id, best.cand.expert_cache, v.model.shape.experts, slot, best.sized.budget,
+                            view.cuda_total, view.cuda_free, v.disk.experts, hw, view.gpus)]
 
 
 def _infeasible(plan: Plan, opts: PlanOptions, hw: Hardware, ladder, options, view) -> Plan:
     reasons = [f"{r.variant}: {r.reason}" for r in plan.rejected]
-    plan.requirements = reasons[:]
+    plan.requirements = reasons + _fork_refusals(options, ladder, goals()[opts.goal], opts, view, hw)
     overrides = {k: getattr(opts, k) for k in ("variant", "context", "concurrency", "kv_dtype", "engine", "engine_version")
                  if getattr(opts, k) not in (None, "auto")}
     if overrides:
@@ -632,20 +664,24 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
     elif better:
         reason += f"; higher-ranked {', '.join(a.cand.variant.id for a in better)} only reach shorter contexts or fewer sequences"
     D(Decision("variant", v.id, reason, "; ".join(v.sources[:2])))
+    D(disk.decision(v, from_dict(plan.hardware)))
     for p in v.problems:
         if p.get("engine") in (None, eng.id) and _problem_applies(p, c, view):
             plan.warnings.append(f"{v.id}: {p['text']} ({p['source']})")
     # parallel
     ids = [g.index for g in view.gpus][: c.gpus // c.pp] if c.pp == 1 else [g.index for g in view.gpus]
     uuids = [g.uuid for g in view.gpus if g.index in ids]
+    pci = [g.nvml_index for g in view.gpus if g.index in ids]
     plan.parallel = {"tensor": c.tp, "pipeline": c.pp, "data": c.dp, "expert": False, "nodes": opts.nodes,
-                     "gpu_ids": ids, "gpu_uuids": uuids if all(uuids) else []}
+                     "gpu_ids": ids, "gpu_uuids": uuids if all(uuids) else [],
+                     "gpu_pci_indices": pci if all(i is not None for i in pci) and not any(g.mig for g in view.gpus) else []}
     D(Decision("parallel", f"TP {c.tp} x DP {c.dp}" + (f" x PP {c.pp}" if c.pp > 1 else ""),
-               _parallel_reason(o, view, goal), "https://docs.vllm.ai/en/latest/serving/parallelism_scaling.html" +
+               _parallel_reason(o, view, goal) + _layout_speed(o, goal, predictor), "https://docs.vllm.ai/en/latest/serving/parallelism_scaling.html" +
                ("; https://docs.vllm.ai/en/latest/serving/data_parallel_deployment/; benchmarks/gpu/results/h200x2"
                 if c.dp > 1 and c.family == "vllm" else "")))
     if view.count > 1 and c.tp > 1 and not view.nvlink_all:
         plan.warnings.append("tensor parallel over PCIe (no NVLink between these GPUs): all-reduces cost latency")
+    plan.warnings.extend(w for w in [shm.warning(from_dict(plan.hardware), c.gpus)] if w)
     if len(ids) < view.count:
         plan.warnings.append(f"GPU(s) {', '.join(str(g.index) for g in view.gpus if g.index not in ids)} stay idle in this layout")
     # settings
@@ -680,11 +716,13 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
         settings["gpu_memory_utilization"] = None
         D(Decision("mem_fraction_static", settings["mem_fraction_static"],
                    f"weights {gib(s.weights)} + KV/state pool {gib(s.cache_bytes)} over {gib(view.cuda_total)}; "
-                   f"activations ({gib(s.activation)}) and CUDA graphs ({gib(s.cudagraph)}) stay outside it",
-                   "sglang/srt/model_executor/model_runner.py (mem_fraction_static covers weights and pools)"))
+                   f"activations ({gib(s.activation)}) and CUDA graphs ({gib(s.cudagraph)}) stay outside it" +
+                   (f"; the budget is {view.pool.reason}" if view.pool else ""),
+                   "https://github.com/sgl-project/sglang/blob/v0.5.23/python/sglang/srt/model_executor/model_runner.py (mem_fraction_static covers weights and pools)" +
+                   (f"; {view.pool.source}" if view.pool else "")))
     else:
         D(Decision("gpu_memory_utilization", settings["gpu_memory_utilization"], _gmu(o.choice, view, c.family)[1],
-                   "vllm serve --help (--gpu-memory-utilization)"))
+                   view.pool.source if view.pool else "profiles/flags/vllm-*.txt (vllm serve --help: --gpu-memory-utilization)"))
     kv_per_seq = s.layout.bytes_per_request(o.context) if s.layout else o.context * s.kv_per_token + s.state_per_seq
     D(Decision("kv_cache_dtype", "fp8" if c.kv_dtype == "fp8" else "auto (bf16)",
                (f"--kv-dtype {opts.kv_dtype}" if opts.kv_dtype else
@@ -692,7 +730,7 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
                  "fp8: halves the KV cache (10,240 B/token instead of 20,480) so the targets fit")) +
                (" (storage only on this GPU: attention computes in 16-bit below compute capability 8.9)"
                 if c.kv_dtype == "fp8" and view.cc < (8, 9) else ""),
-               "DESIGN.md memory model: 2 x 10 layers x KV heads x 256 x bytes; seed 004 (fp8 KV storage-only on Ampere)"))
+               "planner/memory.py (2 x 10 layers x KV heads x 256 x bytes); https://huggingface.co/palmfuture/Qwen3.6-35B-A3B-GPTQ-Int4 (fp8 KV storage-only on Ampere)"))
     ctx_reason = (f"{o.context:,} tokens: " +
                   (f"--context {opts.context}" if opts.context else
                    f"the first step of the {opts.goal} ladder ({', '.join(f'{x:,}' for x in goal['contexts'])}) where the targets fit") +
@@ -745,7 +783,7 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
                if c.eager else "CUDA graphs on: faster decoding" + (
                    f" ({gib(s.cudagraph)} for graphs counted inside the budget)" if s.cudagraph_in_budget else
                    f" ({gib(s.cudagraph)} for graphs outside the budget, as this version does not profile them)"),
-               "vllm serve --help (--enforce-eager)"))
+               "profiles/flags/vllm-*.txt (vllm serve --help: --enforce-eager)"))
     D(Decision("vision", not settings["disable_vision"],
                "text only: " + ("the checkpoint has no vision weights" if not v.has_vision else
                                 "the vision tower and encoder cache are skipped (pass --vision to serve images)")
@@ -757,12 +795,12 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
         plan.warnings.append(f"serving on {opts.host}: reachable from other machines; set "
                              f"{settings['api_key_env']} to require an API key")
     D(Decision("listen", f"{opts.host}:{opts.port}", "loopback only unless --host says otherwise" if opts.host == "127.0.0.1"
-               else "--host", "qwenplan security default"))
+               else "--host", "policy: loopback unless --host says otherwise"))
     if o.measured:
         D(Decision("memory_model", f"measured on this box on {o.measured['date']}",
                    f"weights, activation and graph memory as {eng.name} {c.version} reported them for this GPU, variant, "
                    f"KV dtype and TP ({o.measured.get('source')}), in place of the formula",
-                   "qwenplan calibration list"))
+                   o.measured.get("file") or "qwenplan calibration list"))
         if eng.arg_spellings("kv_cache_memory_bytes"):
             # With a measured reserve the exact KV bytes are known: let vLLM take exactly those.
             settings["kv_cache_memory_bytes"] = max(0, s.cache_bytes)
@@ -774,7 +812,7 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
     plan.performance = _performance(o, goal, predictor)
     at_goal = plan.performance["levels"][f"c{plan.performance['goal_concurrency']}"]
     D(Decision("speed", f"{at_goal['tokens_per_s']:,.0f} tokens/s at {at_goal['concurrency']} concurrent requests", _speed_reason(o, alternatives, goal, predictor),
-               "planner/speed.py; constants in profiles/speed.yaml, checked against benchmarks/gpu/results"))
+               "planner/speed.py; profiles/speed.yaml (constants, checked against benchmarks/gpu/results)"))
     if s.layout and o.seqs > o.full_length:
         plan.warnings.append(f"{o.seqs} sequences are allowed but the pool holds {o.full_length} full-length "
                              f"({o.context:,}-token) request(s) at once; longer mixes queue")
@@ -841,9 +879,24 @@ def _parallel_reason(o: Option, view: GpuView, goal: dict) -> str:
                     f"which leaves more KV cache than {c.dp} full replicas; the ranks step in lockstep")
         return f"each GPU holds a full replica; {c.dp} replicas serve {c.dp}x the requests without all-reduce traffic"
     if c.tp > 1 and c.dp == 1:
-        return (f"the weights need {c.tp} GPUs' memory" if o.seqs else "") + (
+        need = o.sized.weights * c.tp > view.cuda_total * 0.9
+        return (f"the weights need {c.tp} GPUs' memory" if need else
+                f"tensor parallel over {c.tp} GPUs: each step streams half the weights per GPU") + (
             " (NVLink)" if view.nvlink_all else " (PCIe)")
     return f"{c.dp} replicas of {c.tp} GPUs each"
+
+
+def _layout_speed(o: Option, goal: dict, predictor: Predictor) -> str:
+    """The chosen layout's predicted speed beside the other way to use the same GPUs."""
+    c = o.cand
+    n = c.tp * c.dp
+    if n == 1:
+        return ""
+    other = replace(c, tp=1, dp=n) if c.tp > 1 else replace(c, tp=n, dp=1)
+    conc = goal.get("concurrency", 1)
+    mine, theirs = predictor.burst(c, conc).tokens_per_s, predictor.burst(other, conc).tokens_per_s
+    return (f"; predicted {mine:,.0f} tokens/s at {conc} concurrent requests, against {theirs:,.0f} as "
+            f"TP {other.tp} x DP {other.dp} (planner/speed.py)")
 
 
 def _seqs_reason(o: Option, goal: dict, opts: PlanOptions) -> str:
@@ -863,7 +916,7 @@ def _cold_tier(v: Variant, plan: Plan, c: Candidate) -> dict:
     facts = load_profile("engines.yaml")["engines"]["vllm-offload"]["expert_cache"]
     ram = (plan.hardware.get("host") or {})
     usable = min([x for x in (ram.get("ram_available_bytes"), ram.get("cgroup_memory_limit_bytes")) if x] or [0])
-    need = v.disk.experts + 8 * GiB
+    need = offload.host_ram_needed(v.disk.experts)
     if usable >= need:
         return {facts["cold_tier_env"]: "ram"}
     plan.warnings.append(f"experts not on the GPU are read from a disk-backed store (~{gib(v.disk.experts)} extra "

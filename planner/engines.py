@@ -7,6 +7,7 @@ from functools import lru_cache
 
 from .catalog import load_profile
 from .errors import InputError
+from .flags import nearest_note
 from .versions import Version, in_range
 
 ENGINE_IDS = ("vllm", "vllm-offload", "sglang")
@@ -42,6 +43,14 @@ class Engine:
             return parsers[key]
         return get_engine(parsers["inherit"]).parser(key)
 
+    def without_tokenizer(self, version: str) -> dict | None:
+        """What a start without tokenizer files (--skip-tokenizer-init) leaves out: the rule of
+        `without_tokenizer` for this version ({drop, reason, source}); a fork uses its base's."""
+        rules = self.raw.get("without_tokenizer")
+        if rules is None and self.base is not None:
+            return self.base.without_tokenizer(version)
+        return pick(rules or [], version)
+
     def default(self, key: str, version: str):
         """(value, source) of a version-dependent default."""
         entry = self.raw.get("defaults", {}).get(key)
@@ -68,6 +77,11 @@ class Engine:
     def min_compute_capability(self, version: str) -> tuple[str, str] | None:
         e = pick(self.raw.get("min_compute_capability") or [], version)
         return (e["value"], e["source"]) if e else None
+
+    def device_ids(self, version: str) -> str:
+        """How CUDA_VISIBLE_DEVICES names GPUs for this version: 'uuid' or 'index'."""
+        e = pick(self.raw.get("device_ids") or [], version)
+        return e["value"] if e else "uuid"
 
     def entry_argv(self, version: str) -> list[str]:
         e = pick(self.raw["entry"], version)
@@ -113,10 +127,12 @@ def check_version(engine: Engine, version: str) -> list[str]:
     warnings = []
     if v > Version(engine.newest_known):
         warnings.append(f"{engine.name} {version} is newer than the newest release qwenplan knows "
-                        f"({engine.newest_known}); flags are checked against {engine.newest_known}'s")
+                        f"({engine.newest_known})")
     elif version not in engine.versions and not v.text.count("+"):
-        warnings.append(f"{engine.name} {version} is not a release qwenplan knows; flags are checked "
-                        f"against the nearest known release")
+        warnings.append(f"{engine.name} {version} is not a release qwenplan knows")
+    note = nearest_note(engine.id, version)
+    if note:
+        warnings.append(note)
     rec = engine.raw.get("recommended_from")
     if rec and v < Version(rec):
         warnings.append(f"{engine.name} {version} works but {rec}+ is recommended ({engine.recommended_source})")

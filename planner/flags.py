@@ -119,13 +119,25 @@ def versions_on_file(engine: str) -> list[str]:
 
 @lru_cache(maxsize=None)
 def flag_set(engine: str, version: str) -> FlagSet | None:
-    """The flags of this release: its own parser's dump, or that of the nearest earlier patch
-    release of the same minor version (patch releases did not change flags in any dumped pair,
-    e.g. 0.17.0/0.17.1), or None when nothing close is on file."""
+    """The flags of this release: its own parser's dump, or that of the nearest earlier release
+    on file (a post or patch release maps to its base: patch releases did not change flags in
+    any dumped pair, e.g. 0.17.0/0.17.1; a version newer than every file to the newest), or
+    None when every file is newer. `FlagSet.version` says which file was used."""
     exact = _read(engine, version)
     if exact:
         return exact
     want = Version(version)
-    same_minor = [v for v in versions_on_file(engine)
-                  if Version(v).release[:2] == want.release[:2] and Version(v) <= want]
-    return _read(engine, same_minor[-1]) if same_minor else None
+    earlier = [v for v in versions_on_file(engine) if Version(v) <= want]
+    return _read(engine, earlier[-1]) if earlier else None
+
+
+def nearest_note(engine: str, version: str) -> str | None:
+    """A sentence when `version` has no flag file of its own: which file stands in for it."""
+    fs = flag_set(engine, version)
+    if fs is None or fs.version == version:
+        return None
+    same_minor = Version(fs.version).release[:2] == Version(version).release[:2]
+    return (f"{engine} {version} has no flag file: flags are checked against {fs.version}'s "
+            + ("(its base release)" if same_minor else
+               "(the nearest earlier release, another minor version: `qwenplan doctor` runs the installed "
+               "engine's own parser)"))

@@ -158,8 +158,6 @@ def _nvml_devices(nvml, notes: list[str]) -> tuple[list[_Device], dict[str, str 
             pci = _try(nvml, nvml.nvmlDeviceGetPciInfo, h)
             total, free, reserved = _memory(nvml, h)
             name = _text(_try(nvml, nvml.nvmlDeviceGetName, h, default="unknown NVIDIA GPU"))
-            if total is None:
-                notes.append(f"{name}: NVML does not report its memory (unified memory?); the plan uses host RAM")
             handles.append(h)
             gpus.append(_Device(
                 nvml_index=i, name=name, uuid=_text(_try(nvml, nvml.nvmlDeviceGetUUID, h, default="")) or None,
@@ -313,6 +311,23 @@ def cgroup_memory_limit(sysroot: Path) -> int | None:
     return min(real) if real else None
 
 
+def _hf_cached(cache: Path) -> dict[str, int]:
+    """Bytes of each known checkpoint already complete in the cache (huggingface_hub's layout:
+    models--ORG--NAME/blobs; unfinished downloads end in .incomplete)."""
+    from .variants import variants
+
+    out = {}
+    for v in variants():
+        blobs = cache / ("models--" + v.repo.replace("/", "--")) / "blobs"
+        try:
+            n = sum(p.stat().st_size for p in blobs.iterdir() if p.is_file() and not p.name.endswith(".incomplete"))
+        except OSError:
+            continue
+        if n:
+            out[v.repo] = n
+    return out
+
+
 def _host(env: dict[str, str], sysroot: Path, notes: list[str]) -> Host:
     import psutil
 
@@ -334,9 +349,31 @@ def _host(env: dict[str, str], sysroot: Path, notes: list[str]) -> Host:
             notes.append(f"cannot read the size of {path}")
             continue
         setattr(host, attr, int(usage.total if attr == "shm_bytes" else usage.free))
+    host.hf_cached_bytes = _hf_cached(cache)
     if host.cgroup_memory_limit_bytes is not None and host.cgroup_memory_limit_bytes < host.ram_total_bytes:
         notes.append("this process runs in a cgroup whose memory limit is below the host's RAM; plans use the limit")
     return host
+
+
+def _shared_pool(g: GPU, host: Host, notes: list[str]) -> GPU:
+    """A GPU that shares the host's memory (GB10, Jetson): NVML answers NotSupported for its
+    memory, and CUDA reports the host's memory as the GPU's. Take it from the host."""
+    if g.memory_total_bytes is not None:
+        return g
+    from .catalog import find_gpu
+
+    profile = find_gpu(g.name)
+    if profile is None or not profile.shares_host_memory or host.ram_total_bytes is None:
+        notes.append(f"{g.name}: NVML does not report its memory and profiles/gpus.yaml does not say it shares "
+                     f"the host's memory; it is left out of the plan")
+        return g
+    g.unified_memory = True
+    g.memory_total_bytes = host.ram_total_bytes
+    g.memory_free_bytes = host.usable_ram_bytes
+    g.memory_reserved_bytes = 0
+    notes.append(f"{g.name} shares the host's memory (unified memory; NVML reports no GPU memory): its total is "
+                 f"the host's RAM and what is free is the host's available memory")
+    return g
 
 
 # --- engines ------------------------------------------------------------------------------
@@ -376,7 +413,8 @@ def probe(env: dict[str, str] | None = None, sysroot: str | Path = "/") -> Hardw
     devices, driver = _nvml_devices(nvml, notes) if nvml is not None else ([], {"version": None, "cuda": None})
     devices = _cuda_order(devices, env.get("CUDA_DEVICE_ORDER"), notes)
     devices = _visible(devices, env.get("CUDA_VISIBLE_DEVICES"), notes)
-    hw = Hardware(gpus=_to_gpus(devices), host=_host(env, Path(sysroot), notes), driver=driver,
+    host = _host(env, Path(sysroot), notes)
+    hw = Hardware(gpus=[_shared_pool(g, host, notes) for g in _to_gpus(devices)], host=host, driver=driver,
                   engines=installed_engines(), notes=notes, origin="probe")
     if "CUDA_VISIBLE_DEVICES" in env:
         hw.extra["cuda_visible_devices"] = env["CUDA_VISIBLE_DEVICES"]

@@ -230,6 +230,8 @@ def apply_measured(c: Candidate, s: Sized, observation: dict) -> Sized | None:
     same_shape = (st.get("max_num_batched_tokens") == c.batched_tokens and bool(st.get("enforce_eager")) == c.eager
                   and st.get("max_num_seqs") == c.max_seqs and spec == c.spec_tokens)
     weights = rep["weights_bytes"]
+    if not 0 < weights < s.budget:
+        return None        # no engine that started could have reported it: the formula stands
     activation = rep.get("activation_bytes") if same_shape and rep.get("activation_bytes") else s.activation
     non_torch = rep.get("non_torch_bytes") or s.non_torch
     graph_estimate = rep.get("cudagraph_estimate_bytes", rep.get("cudagraph_bytes"))

@@ -41,12 +41,12 @@ def profile() -> dict:
 @dataclass(frozen=True)
 class Constants:
     step_overhead_s: float
-    token_overhead_s: float
     bandwidth_efficiency: float            # 16-bit weights
     quantized_bandwidth_efficiency: float  # weights the kernels dequantize (FP8, INT4, FP4)
     compute_efficiency: float
     eager_step_overhead_s: float
     request_overhead_s: float
+    draft_overhead_s: float = 0.0018     # per MTP draft pass: its own launch, sampling and bookkeeping
 
     @staticmethod
     def for_engine(family: str = "vllm") -> "Constants":
@@ -54,7 +54,7 @@ class Constants:
         block = d.get(family) or d["vllm"]
         block = d[block["same_as"]] if "same_as" in block else block
         fitted = block["fitted"]
-        return Constants(step_overhead_s=fitted["step_overhead_s"], token_overhead_s=fitted["token_overhead_s"],
+        return Constants(step_overhead_s=fitted["step_overhead_s"], draft_overhead_s=fitted["draft_overhead_s"],
                          bandwidth_efficiency=fitted["bandwidth_efficiency"],
                          quantized_bandwidth_efficiency=fitted["quantized_bandwidth_efficiency"],
                          compute_efficiency=fitted["compute_efficiency"],
@@ -227,22 +227,22 @@ def step_time(sh: StepShape, m: Machine, k: Constants, lay: Layout, decode_seqs:
     flops = (n * sh.dense_flops_per_token + expert_tokens * sh.expert_flops_per_token / max(1, lay.dp if lay.dp > 1 and lay.experts_split_over_dp else 1)
              + (decode_seqs * per_seq + (1 if prefill_tokens else 0)) * sh.lm_head_flops_per_token
              + (decode_seqs * per_seq * ctx + prefill_tokens * ctx / 2) * sh.attn_flops_per_token_ctx)
-    # Streaming the weights and the math do not overlap in these kernels (small-M grouped GEMMs,
-    # DeltaNet's chunked scan): their times add. Measured prefill runs no faster with FP8 weights
-    # than with BF16 ones (benchmarks/gpu/RESULTS.md, TTFT at 128 requests), so the BF16 tensor
-    # rate counts for both.
+    # A step is bound by the larger of streaming its bytes and doing its math (the roofline).
+    # Measured prefill runs no faster with FP8 weights than with BF16 ones (TTFT at 128 requests
+    # on the same H200, benchmarks/gpu/results/h200-r3 vs h200), so the BF16 tensor rate counts
+    # for both.
     bw = m.bandwidth * (k.quantized_bandwidth_efficiency if lay.quantized else k.bandwidth_efficiency)
-    t = bytes_ / bw + flops / (m.bf16_flops * k.compute_efficiency)
+    t = max(bytes_ / bw, flops / (m.bf16_flops * k.compute_efficiency))
     if sh.paged_expert_bytes:
         t += sh.paged_expert_bytes * touched / m.host_paging
-    t += (k.eager_step_overhead_s if lay.eager else k.step_overhead_s) + k.token_overhead_s * n
+    t += k.eager_step_overhead_s if lay.eager else k.step_overhead_s
     t += _collectives(sh, m, lay, n, expert_tokens)
     if lay.spec_tokens and decode_seqs:
         # k draft passes over the decoding sequences: one decoder layer and the lm_head each
         d_touched = 1 - (1 - sh.top_k / sh.experts) ** (decode_seqs * ranks_active)
         d_bytes = sh.draft_bytes + sh.draft_expert_bytes * d_touched
         t += lay.spec_tokens * (d_bytes / bw
-                                + (k.eager_step_overhead_s / sh.layers if lay.eager else k.step_overhead_s / 2))
+                                + (k.eager_step_overhead_s / sh.layers if lay.eager else k.draft_overhead_s))
     return t * lay.pp
 
 

@@ -13,7 +13,9 @@ no-cache-blocks, mamba-blocks, mtp-keyerror, marlin, unsupported-arch, crash (ex
 known signature), hang (never healthy). And fit: honours the memory the argv asks for — fails
 as kv-too-small when --max-model-len exceeds FAKE_ENGINE_FIT_LEN (169184), as mamba-blocks when
 --max-num-seqs exceeds FAKE_ENGINE_MAMBA_BLOCKS (135), serves otherwise — for retry loops.
-FAKE_ENGINE_IGNORE_SIGTERM=1 makes the API server ignore SIGTERM and SIGINT, and its EngineCore
+FAKE_ENGINE_WEIGHTS_GIB sets the weights it reports loading (default 18.09).
+As vLLM 0.26 does, it stops at start when --skip-tokenizer-init comes with a reasoning or
+tool-call parser. FAKE_ENGINE_TOKEN_DELAY spaces the streamed tokens (seconds). FAKE_ENGINE_IGNORE_SIGTERM=1 makes the API server ignore SIGTERM and SIGINT, and its EngineCore
 SIGTERM (a stuck shutdown).
 """
 
@@ -100,10 +102,12 @@ FAILURES = {
 }
 
 
-def engine_core() -> None:
+def engine_core(ready_fd: int) -> None:
     """The child process real vLLM starts; it must die with its parent's process group."""
     stuck = os.environ.get("FAKE_ENGINE_IGNORE_SIGTERM") == "1"
     signal.signal(signal.SIGTERM, signal.SIG_IGN if stuck else (lambda *a: sys.exit(0)))
+    os.write(ready_fd, b"1")        # its signal handling is in place before the server says ready
+    os.close(ready_fd)
     while True:
         time.sleep(0.2)
 
@@ -126,7 +130,7 @@ class Handler(BaseHTTPRequestHandler):
             for chunk in stream:
                 self.wfile.write(f"data: {chunk}\n\n".encode())
                 self.wfile.flush()
-                time.sleep(0.01)
+                time.sleep(float(os.environ.get("FAKE_ENGINE_TOKEN_DELAY", "0.01")))
             self.wfile.write(b"data: [DONE]\n\n")
             return
         data = json.dumps(body or {}).encode()
@@ -174,7 +178,7 @@ class Handler(BaseHTTPRequestHandler):
 
 def main() -> None:
     if sys.argv[1:2] == ["--engine-core"]:
-        return engine_core()
+        return engine_core(int(sys.argv[2]))
     engine, opts = parse(sys.argv[1:])
     model = opts.get("model") or opts.get("--model-path") or opts.get("--model")
     Handler.name = str((opts.get("--served-model-name") or model or "model"))
@@ -186,7 +190,11 @@ def main() -> None:
     log(f"non-default args: {json.dumps({k: v for k, v in opts.items()})}")
     Path(os.environ.get("FAKE_ENGINE_ARGV_FILE", "/dev/null")).write_text(json.dumps(sys.argv[1:]))
     Path(os.environ.get("FAKE_ENGINE_ENV_FILE", "/dev/null")).write_text(json.dumps(dict(os.environ)))
-    core = subprocess.Popen([sys.executable, __file__, "--engine-core"])
+    ready_r, ready_w = os.pipe()
+    core = subprocess.Popen([sys.executable, __file__, "--engine-core", str(ready_w)], pass_fds=(ready_w,))
+    os.close(ready_w)
+    os.read(ready_r, 1)
+    os.close(ready_r)
     Path(os.environ.get("FAKE_ENGINE_PIDS_FILE", "/dev/null")).write_text(json.dumps([os.getpid(), core.pid]))
 
     def stop(*_):
@@ -198,7 +206,8 @@ def main() -> None:
         stop = signal.SIG_IGN  # noqa: F811 — only SIGKILL ends it now
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log("Model loading took 18.09 GiB memory and 12.5 seconds", "EngineCore")
+    weights = os.environ.get("FAKE_ENGINE_WEIGHTS_GIB", "18.09")   # what the checkpoint took
+    log(f"Model loading took {weights} GiB memory and 12.5 seconds", "EngineCore")
     log("Setting attention block size to 1072 tokens to ensure that attention page size is >= mamba page size.", "EngineCore")
     failure = FAILURES.get(MODE)
     if MODE == "fit":
@@ -217,6 +226,14 @@ def main() -> None:
     log("Available KV cache memory: 2.05 GiB", "EngineCore")
     log("GPU KV cache size: 131,072 tokens", "EngineCore")
     log(f"Maximum concurrency for {Handler.max_len:,} tokens per request: 2.00x", "EngineCore")
+    if engine == "vllm" and opts.get("--skip-tokenizer-init") and (
+            opts.get("--reasoning-parser") or opts.get("--tool-call-parser")):
+        # vLLM 0.26 builds the parsers on the tokenizer's vocabulary when the API server starts
+        print(f"(APIServer pid={os.getpid()}) ERROR Traceback (most recent call last):", flush=True)
+        print(f"(APIServer pid={os.getpid()}) ERROR AttributeError: 'NoneType' object has no attribute 'get_vocab'",
+              flush=True)
+        core.terminate()
+        sys.exit(1)
     server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     log(f"Starting vLLM server on http://{host}:{port}")

@@ -21,23 +21,21 @@ def run(args, env=None, input=None):
                           env=e, input=input, timeout=120)
 
 
-def test_explain_without_gpu_is_readable_in_80_columns_and_exits_0():
+def test_explain_without_gpu_plans_llama_cpp_on_the_cpu():
     r = run(["explain", "--hardware", str(ROOT / "examples/hardware/no-gpu.json")])
     assert r.returncode == 0, r.stderr
-    assert "llama.cpp" in r.stdout and "llama-server" in r.stdout and "host RAM" in r.stdout   # a CPU plan
+    assert "llamacpp" in r.stdout and "llama-server" in r.stdout and "host RAM" in r.stdout   # a CPU plan
     assert "\x1b[" not in r.stdout
-    body = r.stdout.split("\nCommand")[0]      # the command and install lines stay whole, to be copied
-    assert max(len(line) for line in body.splitlines()) <= 80
+    assert not any(line != line.rstrip() for line in r.stdout.splitlines())
 
 
-def test_explain_shows_decisions_memory_rejected_and_command():
-    r = run(["explain", "--gpu", "4090"])
+def test_explain_verbose_shows_decisions_memory_rejected_and_command():
+    r = run(["explain", "--verbose", "--gpu", "4090"])
     assert r.returncode == 0, r.stderr
     for part in ("Decisions", "Memory per GPU", "Rejected", "Command", "source:", "vllm serve"):
         assert part in r.stdout
-    # Only the copy-pasteable command lines are left unwrapped.
-    long = [line for line in r.stdout.splitlines() if len(line) > 80]
-    assert all(" serve " in line or line.startswith("uv pip") for line in long), long
+    # Piped: one line per logical line, so a URL is never split.
+    assert "https://github.com/vllm-project/recipes/blob/main/models/Qwen/Qwen3.6-35B-A3B.yaml" in r.stdout
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -94,7 +92,9 @@ def fake_vllm(tmp_path, monkeypatch):
     exe.write_text(f"#!{sys.executable}\nimport runpy, sys\nsys.argv[0]={str(FAKE)!r}\nrunpy.run_path({str(FAKE)!r}, run_name='__main__')\n")
     exe.chmod(0o755)
     return {"PATH": f"{bindir}:{os.environ['PATH']}", "QWENPLAN_STATE_DIR": str(tmp_path / "state"),
-            "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+            "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
+            # auto and verify run only on GPUs the box has: the probe replays a recorded H100
+            "PYTHONPATH": f"{ROOT / 'tests' / 'fakes' / 'nvml_here'}{os.pathsep}{ROOT}"}
 
 
 def test_auto_dry_run_does_nothing(fake_vllm, tmp_path):
@@ -124,7 +124,7 @@ def test_verify_serves_dummy_weights_reports_and_stores(fake_vllm, tmp_path):
     (refs / "main").write_text("a" * 40)
     port = free_port()
     r = run(["verify", "--gpu", "H100", "--engine", "vllm", "--engine-version", "0.32.0", "--port", str(port)],
-            env={**fake_vllm, "FAKE_ENGINE_MODE": "ok"})
+            env={**fake_vllm, "FAKE_ENGINE_MODE": "ok", "FAKE_ENGINE_WEIGHTS_GIB": "33.43"})
     assert r.returncode == 0, r.stdout + r.stderr
     assert "predicted / reported" in r.stdout
     listed = run(["calibration", "list"], env=fake_vllm)

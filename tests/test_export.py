@@ -123,6 +123,9 @@ def sd_split(text: str) -> list[str]:
             if n == "x":
                 cur.append(chr(int(text[i + 2:i + 4], 16)))
                 i += 4
+            elif n == "u":
+                cur.append(chr(int(text[i + 2:i + 6], 16)))
+                i += 6
             elif n in "01234567":
                 cur.append(chr(int(text[i + 1:i + 4], 8)))
                 i += 4
@@ -211,7 +214,8 @@ def sd_parse(unit: str) -> dict[str, list[tuple[str, str]]]:
 def sd_exec(unit: str, key: str = "ExecStart") -> list:
     vals = [v for k, v in sd_parse(unit)["Service"] if k == key]
     assert len(vals) == 1, f"one {key}= line"
-    return [sd_env_expand(sd_specifiers(w)) for w in sd_split(vals[0])]
+    words = [sd_specifiers(w) for w in sd_split(vals[0])]
+    return words[:1] + [sd_env_expand(w) for w in words[1:]]     # the program's path is not expanded
 
 
 def sd_environment(unit: str) -> dict[str, str]:
@@ -937,11 +941,11 @@ def test_write_atomic_failure_leaves_nothing_half_written(tmp_path, monkeypatch)
         raise OSError("disk full")
 
     monkeypatch.setattr(ex.os, "fsync", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(InputError, match="disk full"):       # one line for the user (issue 20)
         ex.write_atomic(f, "new\n" * 1000, force=True)
     assert f.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["compose.yaml"]
-    with pytest.raises(OSError):
+    with pytest.raises(InputError):
         ex.write_atomic(tmp_path / "fresh.yaml", "x")
     assert not (tmp_path / "fresh.yaml").exists()
 

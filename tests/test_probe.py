@@ -58,13 +58,14 @@ def test_mig_instances_are_devices(replay):
     assert any("MIG mode" in n for n in hw.notes)
 
 
-def test_unified_memory_not_supported_is_unknown_not_a_crash(replay):
+def test_unified_memory_not_supported_is_the_hosts_memory_not_a_crash(replay):
     hw = replay("synthetic-gb10-unified")
     (g,) = hw.gpus
     assert g.name == "NVIDIA GB10"
-    assert g.memory_total_bytes is None and g.memory_free_bytes is None
+    # NVML answers NotSupported; the GPU shares the host's memory (profiles/gpus.yaml unified_memory: shared)
+    assert g.unified_memory and g.memory_total_bytes == 128849018880 and g.memory_free_bytes == 120000000000
     assert g.compute_capability == "12.1"
-    assert any("does not report its memory" in n for n in hw.notes)
+    assert any("shares the host's memory" in n for n in hw.notes)
 
 
 def test_busy_gpu_reports_free_memory_and_processes(replay):

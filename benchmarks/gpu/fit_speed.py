@@ -22,7 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from predict import Run, runs, served_settings  # noqa: E402
+from predict import Run, runs, served_acceptance, served_settings  # noqa: E402
 
 from qwenplan.planner import speed  # noqa: E402
 from qwenplan.planner.engines import get_engine  # noqa: E402
@@ -42,6 +42,7 @@ class Cell:
     measured: float
     ttft: float
     mtp: bool
+    first_start: bool
     case: tuple          # (step shape, machine, layout, concurrency)
 
 
@@ -61,14 +62,15 @@ def cells_of(run: Run) -> list[Cell]:
     lay = speed.layout_of(cand)
     sh = speed.step_shape(v.recipe, v.model.shape, v.model.vision_params, lay)
     m = speed.machine_for(run.gpu, nvlink=run.nvlink)
+    acc = served_acceptance(run.argv)
     return [Cell(run.name, gpu_model(run), lv, run.load[lv]["tok_per_s"], run.load[lv]["ttft_p50_s"], run.mtp,
-                 (sh, m, lay, int(lv[1:])))
+                 run.first_fp8_start, (sh, m, lay, int(lv[1:]), acc))
             for lv in LEVELS]
 
 
 def burst_of(c: Cell, k: speed.Constants) -> speed.Burst:
-    sh, m, lay, conc = c.case
-    return speed.burst(sh, m, k, lay, conc)
+    sh, m, lay, conc, acc = c.case
+    return speed.burst(sh, m, k, lay, conc, acceptance=acc)
 
 
 def predict_cell(c: Cell, k: speed.Constants) -> float:
@@ -148,12 +150,18 @@ def all_cells() -> list[Cell]:
 def evaluate(cells: list[Cell], base: speed.Constants, folds: dict[str, speed.Constants] | None = None) -> dict:
     """In-sample (`base` on every cell) and leave-one-GPU-out (each GPU's cells with its fold's
     constants, fitted on the other GPUs) errors of the non-MTP cells; MTP cells reported."""
-    gated = [c for c in cells if not c.mtp]
+    gated = gated_cells(cells)
     ins = errors(gated, base)
     logo = []
     for gpu, k in (folds or {}).items():
         logo += errors([c for c in gated if c.gpu == gpu], k)
-    return {"in_sample": ins, "leave_one_gpu_out": logo, "mtp": errors([c for c in cells if c.mtp], base)}
+    shown = [c for c in cells if c not in gated]
+    return {"in_sample": ins, "leave_one_gpu_out": logo, "not_gated": errors(shown, base)}
+
+
+def gated_cells(cells: list[Cell]) -> list[Cell]:
+    """The cells the accuracy gate counts: no MTP (dummy weights), no first FP8 start of a machine."""
+    return [c for c in cells if not c.mtp and not c.first_start]
 
 
 def summary(rows) -> str:
@@ -163,13 +171,28 @@ def summary(rows) -> str:
     return f"{len(errs)} cells, median |error| {statistics.median(errs) * 100:.1f} %, worst {max(errs) * 100:.1f} %"
 
 
+def fit_draft(cells: list[Cell], k: speed.Constants) -> speed.Constants:
+    """The MTP draft pass's fixed cost, on the MTP runs alone (golden-section search in log space)."""
+    mtp = [c for c in cells if c.mtp and not c.first_start]
+    if not mtp:
+        return k
+    f = lambda x: sum(math.log(predict_cell(c, replace(k, draft_overhead_s=math.exp(x))) / c.measured) ** 2  # noqa: E731
+                      for c in mtp)
+    lo, hi = math.log(1e-5), math.log(0.02)
+    g = (math.sqrt(5) - 1) / 2
+    for _ in range(40):
+        a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+        lo, hi = (lo, b) if f(a) < f(b) else (a, hi)
+    return replace(k, draft_overhead_s=math.exp((lo + hi) / 2))
+
+
 def fit_all(cells: list[Cell], base: speed.Constants) -> tuple[speed.Constants, dict[str, speed.Constants]]:
-    gated = [c for c in cells if not c.mtp]
-    k = fit(gated, base)
+    gated = gated_cells(cells)
+    k = fit_draft(cells, fit(gated, base))
     folds = {}
     for gpu in sorted({c.gpu for c in gated}):
         train = [c for c in gated if c.gpu != gpu]
-        folds[gpu] = fit(train, k) if train else k
+        folds[gpu] = fit_draft([c for c in cells if c.gpu != gpu], fit(train, k)) if train else k
     return k, folds
 
 
@@ -181,15 +204,15 @@ def main() -> int:
     base = speed.Constants.for_engine("vllm")
     k, folds = fit_all(cells, base)
     res = evaluate(cells, k, folds)
-    for name in ("in_sample", "leave_one_gpu_out", "mtp"):
+    for name in ("in_sample", "leave_one_gpu_out", "not_gated"):
         print(f"{name}: {summary(res[name])}")
         for c, p, e in res[name]:
             print(f"  {c.run:30s} {c.level:5s} measured {c.measured:7.0f} predicted {p:7.0f} ({e * 100:+.1f} %)")
-    print("constants:", {n: round(getattr(k, n), 7) for n in FITTED})
+    print("constants:", {n: round(getattr(k, n), 7) for n in FITTED + ("draft_overhead_s",)})
     for gpu, fk in folds.items():
         print(f"fold without {gpu}:", {n: round(getattr(fk, n), 7) for n in FITTED})
     if a.write:
-        write(k, folds, sorted({c.run for c in cells if not c.mtp}))
+        write(k, folds, sorted({c.run for c in gated_cells(cells)}))
     return 0
 
 
@@ -200,12 +223,12 @@ def write(k: speed.Constants, folds: dict[str, speed.Constants], fitted_on: list
     start = text.index("  fitted:\n")
     end = text.index("\n  eager_step_overhead_s", start)
     lines = ["  fitted:"]
-    lines += [f"    {n}: {getattr(k, n):.6g}" for n in FITTED]
+    lines += [f"    {n}: {getattr(k, n):.6g}" for n in FITTED + ("draft_overhead_s",)]
     lines.append(f"    fitted_on: {json.dumps(fitted_on)}")
     lines.append("    # leave-one-GPU-out: the constants fitted without that GPU's runs")
     lines.append("    folds:")
     for gpu, fk in folds.items():
-        lines.append(f"      {gpu}: {{{', '.join(f'{n}: {getattr(fk, n):.6g}' for n in FITTED)}}}")
+        lines.append(f"      {gpu}: {{{', '.join(f'{n}: {getattr(fk, n):.6g}' for n in FITTED + ('draft_overhead_s',))}}}")
     path.write_text(text[:start] + "\n".join(lines) + text[end:])
 
 

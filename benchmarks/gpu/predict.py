@@ -46,6 +46,14 @@ def served_settings(argv: list[str], version: str, cuda_total: int) -> dict:
     }
 
 
+def served_acceptance(argv: list[str]) -> float:
+    """Per-token draft acceptance of a dummy-weight run: 0, unless vLLM's synthetic rejection
+    sampler was told a rate (the first position's; later ones follow as its powers)."""
+    cfg = json.loads(flag(argv, "--speculative-config", "{}"))
+    rates = cfg.get("synthetic_acceptance_rates") if cfg.get("rejection_sample_method") == "synthetic" else None
+    return float(rates[0]) if rates else 0.0
+
+
 def predict(argv: list[str], log_text: str, gpu: str | None = None, nvlink: bool = False,
             constants: speed.Constants | None = None) -> dict:
     """Predicted and reported figures for one served command and its log: memory in bytes and,
@@ -70,7 +78,7 @@ def predict(argv: list[str], log_text: str, gpu: str | None = None, nvlink: bool
     }
     if gpu:
         machine = speed.machine_for(gpu, nvlink=nvlink, gpus_in_plan=cand.gpus)
-        bursts = speed.predict(cand, machine, acceptance=0.0, constants=constants)
+        bursts = speed.predict(cand, machine, acceptance=served_acceptance(argv), constants=constants)
         predicted["tokens_per_s"] = {f"c{c}": b.tokens_per_s for c, b in bursts.items()}
         predicted["ttft_p50_s"] = {f"c{c}": b.ttft_s for c, b in bursts.items()}
         predicted["tpot_s"] = {f"c{c}": b.tpot_s for c, b in bursts.items()}
@@ -107,6 +115,12 @@ class Run:
     @property
     def mtp(self) -> bool:
         return "--speculative-config" in self.argv
+
+    @property
+    def first_fp8_start(self) -> bool:
+        """The machine's first FP8 start: its load ran while kernels were still being built
+        (TTFT at 32 requests doubled in both such runs), so its speed is shown, not gated."""
+        return "first FP8 start" in (self.result.get("note") or "")
 
     def predict(self, constants: speed.Constants | None = None) -> dict:
         return predict(self.argv, self.log, gpu=self.gpu, nvlink=self.nvlink, constants=constants)

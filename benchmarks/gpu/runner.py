@@ -41,11 +41,8 @@ DUMMY_FLAGS = [
     ("--skip-tokenizer-init", None, "no tokenizer files: prompts are token ids"),
     ("--gdn-prefill-backend", "triton", "FlashInfer is not installed (Hopper's default DeltaNet prefill is FlashInfer's)"),
 ]
-# Parsers build on the tokenizer's vocabulary at start (vllm/parser/engine/parser_engine.py
-# `vocab`), which --skip-tokenizer-init leaves out; they change neither memory nor the
-# completions load.
-DROP_FLAGS = [("--reasoning-parser", 1), ("--tool-call-parser", 1), ("--enable-auto-tool-choice", 0)]
-DROP_WHY = "the parser needs the tokenizer's vocabulary at start (no tokenizer files with dummy weights)"
+# What --skip-tokenizer-init leaves out (the parsers) is profiles/engines.yaml's
+# `without_tokenizer`, the rule `qwenplan verify` renders with: see dropped_without_tokenizer.
 DUMMY_ENV = {
     "VLLM_USE_FLASHINFER_SAMPLER": "0",   # FlashInfer is not installed
     "PYTHONUNBUFFERED": "1",
@@ -83,6 +80,47 @@ def engine_log_module():
     sys.modules["qp_engine_log"] = mod   # dataclasses look their module up by name
     spec.loader.exec_module(mod)
     return mod
+
+
+def qwenplan_render():
+    """launch/render.py of this repository, as the package pyproject.toml maps it (qwenplan.planner
+    -> planner/, ...), whether or not qwenplan is installed where the runner runs."""
+    try:
+        from qwenplan.launch import render
+    except ImportError:
+        import types
+
+        sys.modules["qwenplan"] = pkg = types.ModuleType("qwenplan")
+        pkg.__path__ = []
+        for sub in ("planner", "profiles", "launch"):
+            spec = importlib.util.spec_from_file_location(f"qwenplan.{sub}", REPO / sub / "__init__.py",
+                                                          submodule_search_locations=[str(REPO / sub)])
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = mod
+            spec.loader.exec_module(mod)
+        from qwenplan.launch import render
+    return render
+
+
+def engine_version(job: dict, plan: dict | None) -> str:
+    """The vLLM release the job is served with: the plan's, the job's, the installed one."""
+    if plan:
+        return plan["engine"]["version"]
+    if job.get("engine_version"):
+        return job["engine_version"]
+    from importlib import metadata
+
+    try:
+        return metadata.version("vllm")
+    except metadata.PackageNotFoundError:
+        return qwenplan_render().get_engine("vllm").default_version
+
+
+def dropped_without_tokenizer(version: str) -> tuple[list[tuple[str, int]], str]:
+    """(flags with how many values each takes, why): profiles/engines.yaml `without_tokenizer`."""
+    render = qwenplan_render()
+    rule = render.get_engine("vllm").without_tokenizer(version)
+    return render.tokenizer_flags("vllm", version), (rule or {}).get("reason", "")
 
 
 def flag_value(argv: list[str], flag: str) -> str | None:
@@ -130,11 +168,12 @@ def served_command(job: dict, plan: dict | None) -> tuple[list[str], dict[str, s
         else:
             rest[i] = f"--model={model_dir}"
         changes.append({"what": f"model {old} -> {model_dir}", "why": "config.json only (dummy weights)"})
-    for flag, nval in DROP_FLAGS:
+    drop, why = dropped_without_tokenizer(engine_version(job, plan))
+    for flag, nval in drop:
         while has_flag(rest, flag):
             i = next(i for i, a in enumerate(rest) if a == flag or a.startswith(flag + "="))
             n = 1 + (nval if rest[i] == flag else 0)
-            changes.append({"what": f"drop {' '.join(rest[i:i + n])}", "why": DROP_WHY})
+            changes.append({"what": f"drop {' '.join(rest[i:i + n])}", "why": why})
             del rest[i:i + n]
     for flag, value, why in DUMMY_FLAGS + [tuple(x) for x in job.get("dummy_flags", [])]:
         if has_flag(rest, flag):

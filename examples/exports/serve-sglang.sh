@@ -7,7 +7,8 @@
 # below when it exists: lines of NAME=value, no quotes (the format of systemd's EnvironmentFile=).
 set -euo pipefail
 
-QWENPLAN_ENV_FILE="${QWENPLAN_ENV_FILE:-$HOME/.config/qwenplan/qwen.env}"
+QWENPLAN_ENV_FILE="${QWENPLAN_ENV_FILE:-}"
+[ -n "$QWENPLAN_ENV_FILE" ] || QWENPLAN_ENV_FILE="$HOME/.config/qwenplan/qwen.env"
 if [ -f "$QWENPLAN_ENV_FILE" ]; then
   while IFS= read -r line || [ -n "$line" ]; do
     line="${line%$'\r'}"

@@ -1,0 +1,56 @@
+"""Files in places other programs can touch (the user's cache and state folders, documents
+given on the command line): read only regular files of a bounded size, never a FIFO or a
+device; write through a temporary file in the same folder and a rename, so that no reader ever
+sees half a file."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+
+class NotARegularFile(ValueError):
+    """A path that is a FIFO, a device, a folder or a file over the size limit."""
+
+
+def read_regular(path: str | os.PathLike, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes (links are followed to their target,
+    which must be one too). Opened non-blocking: opening a FIFO must not wait for a writer."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotARegularFile("is not a regular file")
+        if st.st_size > limit:
+            raise NotARegularFile(f"is {st.st_size:,} bytes, more than {limit:,}")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise NotARegularFile(f"grew past {limit:,} bytes while read")
+    return data
+
+
+def write_atomic(path: str | os.PathLike, text: str, mode: int = 0o600) -> Path:
+    """Replace `path` with `text` (temporary file, fsync, rename); the folder must exist.
+    OSError (read-only folder, a file where the folder should be, a full disk) is the caller's."""
+    import tempfile  # only writers pay for it: reading a profile must stay quick
+
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return p

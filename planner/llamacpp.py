@@ -155,7 +155,7 @@ class Option:
 
 
 def _host_bandwidth(hw: Hardware) -> tuple[float, str]:
-    given = hw.host.extra.get("memory_bandwidth_gbs")
+    given = hw.host.memory_bandwidth_gbs
     if given:
         return float(given), "the hardware document (host.memory_bandwidth_gbs)"
     return float(facts()["host_bandwidth_gbs"]), facts()["speed_source"]
@@ -295,7 +295,7 @@ def instead(hw: Hardware, opts, model: Model, plan: Plan, view, offload_found: b
 
 
 def _threads(hw: Hardware) -> tuple[int, str]:
-    cores = hw.host.extra.get("cpu_physical_count")
+    cores = hw.host.cpu_physical_count
     if cores:
         return int(cores), "the physical cores (llama.cpp's matrix kernels gain nothing from SMT siblings)"
     if hw.host.cpu_count:

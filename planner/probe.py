@@ -339,9 +339,7 @@ def _host(env: dict[str, str], sysroot: Path, notes: list[str]) -> Host:
         swap_total_bytes=int(psutil.swap_memory().total), cpu_count=psutil.cpu_count(logical=True),
         disk_path=str(cache),
     )
-    cores = psutil.cpu_count(logical=False)     # llama.cpp's threads: the physical cores
-    if cores:
-        host.extra["cpu_physical_count"] = cores
+    host.cpu_physical_count = psutil.cpu_count(logical=False)     # llama.cpp's threads: the physical cores
     for attr, path in (("shm_bytes", Path("/dev/shm")), ("disk_free_bytes", _existing(cache))):
         try:
             usage = psutil.disk_usage(str(path))

@@ -117,7 +117,7 @@ def test_the_boxes_vllm_cannot_serve_get_a_llamacpp_plan_with_memory_and_speed(n
     assert BOXES[name] in why
     assert p.command["argv"][0] == "llama-server"
     assert p.command["flags_checked_against"] == BUILD
-    assert p.settings["threads"] == hw.host.extra["cpu_physical_count"]        # the physical cores
+    assert p.settings["threads"] == hw.host.cpu_physical_count        # the physical cores
     committed = json.loads((ROOT / "examples" / "plans" / f"{name}.json").read_text())
     assert committed["settings"] == p.to_dict()["settings"]
 

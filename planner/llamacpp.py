@@ -241,6 +241,9 @@ def make_plan(hw: Hardware, opts, model: Model, plan: Plan, view, why: str) -> P
         warnings.extend(machine.assumed)
     host_bw, host_bw_source = _host_bandwidth(hw)
     host_ram = hw.host.usable_ram_bytes
+    if host_ram is None:
+        warnings.append("host RAM unknown: the experts and caches this plan keeps in host RAM are not checked "
+                        "against it (give --ram)")
     pool = [get_variant(opts.variant)] if opts.variant else [v for v in variants_of(model.id) if ENGINE in v.engines]
     mtp_on = opts.mtp is not False and goal_facts["mtp"]
     options, rejected = [], []
@@ -348,11 +351,11 @@ def _fill(plan, o: Option, options, rejected, hw, opts, model, eng, version, gpu
                    f"{sh.layers - o.n_cpu_moe} layers' experts ({gib(s.experts_gpu)}) fill the GPU after weights "
                    f"({gib(s.gpu - s.experts_gpu)}), KV cache and state ({gib(o.kv_bytes + o.state_bytes)}) and the "
                    f"compute buffer ({gib(o.compute_gpu)}); each layer's experts are {gib(s.expert_layer)}",
-                   "llama-server --help (--n-cpu-moe: keep the MoE weights of the first N layers in the CPU); "
+                   "profiles/flags/llamacpp-b11312.txt (--n-cpu-moe: keep the MoE weights of the first N layers in the CPU); "
                    "profiles/memory.yaml llamacpp"))
     else:
         D(Decision("placement", "-ngl 0", "no usable NVIDIA GPU: every weight, the KV cache and the state in host RAM",
-                   "llama-server --help (-ngl)"))
+                   "profiles/flags/llamacpp-b11312.txt (-ngl)"))
     kv_tok = kv_bytes_per_token(sh, o.cache_type, o.cache_type, o.mtp)
     D(Decision("parallel", "one GPU" if gpu is not None else "CPU",
                f"llama-server on GPU {gpu.index} with the experts it cannot hold in host RAM" if gpu is not None else
@@ -370,24 +373,24 @@ def _fill(plan, o: Option, options, rejected, hw, opts, model, eng, version, gpu
                + (" (plus the MTP layer)" if o.mtp else "") + ("; f16 would not fit at this context" if o.cache_type != "f16" else ""),
                "profiles/memory.yaml llamacpp cache_types (ggml block sizes)"))
     D(Decision("enforce_eager", None, "not a llama.cpp setting (its CUDA backend captures graphs by itself)",
-               "llama-server --help"))
+               "profiles/flags/llamacpp-b11312.txt"))
     D(Decision("expert_cache_size", None, f"no expert cache: --n-cpu-moe {settings['n_cpu_moe']} decides once, at "
-               f"load, which layers' experts live in host RAM (see placement)", "llama-server --help (--n-cpu-moe)"))
+               f"load, which layers' experts live in host RAM (see placement)", "profiles/flags/llamacpp-b11312.txt (--n-cpu-moe)"))
     D(Decision("flash_attn", settings["flash_attn"], "flash attention on the GPU: less compute buffer, quantized V cache allowed"
-               if gpu is not None else "auto: the CPU backend decides", "llama-server --help (-fa)"))
-    D(Decision("threads", threads, threads_reason, "llama-server --help (-t, --threads)"))
+               if gpu is not None else "auto: the CPU backend decides", "profiles/flags/llamacpp-b11312.txt (-fa)"))
+    D(Decision("threads", threads, threads_reason, "profiles/flags/llamacpp-b11312.txt (-t, --threads)"))
     D(Decision("load_mode", "none", "weights are read into memory, not mapped: the experts kept in host RAM stay "
                "resident (mapped pages can be dropped under memory pressure and re-read from disk mid-generation); "
                "mlock would pin them too but needs RLIMIT_MEMLOCK raised, which a unit or container may not allow",
-               "llama-server --help (--load-mode: none|mmap|mlock|mmap+mlock)"))
+               "profiles/flags/llamacpp-b11312.txt (--load-mode: none|mmap|mlock|mmap+mlock)"))
     D(Decision("log_verbosity", 4, "llama-server prints its model, KV, recurrent-state and compute buffer sizes "
-               "only from verbosity 4: `qwenplan auto` sets them beside the plan's", "llama-server --help (-lv, --verbosity)"))
+               "only from verbosity 4: `qwenplan auto` sets them beside the plan's", "profiles/flags/llamacpp-b11312.txt (-lv, --verbosity)"))
     D(Decision("fit", "off", "the plan sets every size itself; llama-server's own --fit would change them",
-               "llama-server --help (--fit)"))
+               "profiles/flags/llamacpp-b11312.txt (--fit)"))
     D(Decision("speculative", settings["speculative"],
                "MTP on: the GGUF carries the NextN head, 2 draft tokens" if o.mtp else
                ("MTP off: this GGUF has no NextN head" if not v.has_mtp else "MTP off"),
-               "https://github.com/ggml-org/llama.cpp/pull/22673 (--spec-type draft-mtp)"))
+               "https://github.com/ggml-org/llama.cpp/pull/22673 (MTP: --spec-type draft-mtp)"))
     D(Decision("host_ram", gib(o.host_total),
                f"host-resident weights {gib(s.host)} (token embeddings{', experts' if s.experts_host else ''}), "
                f"{f['ctx_checkpoints']} context checkpoints per slot ({gib(o.checkpoint_bytes)}), prompt cache "
@@ -404,7 +407,7 @@ def _fill(plan, o: Option, options, rejected, hw, opts, model, eng, version, gpu
                f"{host_bw_source}; profiles/speed.yaml (vLLM's fitted constants: no llama.cpp GPU run yet)"))
     if opts.host not in ("127.0.0.1", "localhost", "::1"):
         plan.warnings.append(f"serving on {opts.host}: reachable from other machines; set LLAMA_API_KEY to require a key")
-    D(Decision("listen", f"{opts.host}:{opts.port}", "loopback only unless --host says otherwise", "qwenplan security default"))
+    D(Decision("listen", f"{opts.host}:{opts.port}", "loopback only unless --host says otherwise", "policy: qwenplan security default"))
     plan.settings = settings
     plan.memory = _memory(o, gpu, budget, kv_tok)
     assumptions = [{"what": "one sequence decoding; the experts in host RAM read by the CPU at "

@@ -100,7 +100,7 @@ def test_tiny_gguf_holds_exactly_the_bytes_the_planner_computes(tmp_path):
 # --- planning -----------------------------------------------------------------------------------
 
 BOXES = {"v100-32gb": "(these GPUs: 7.0)", "t4-16gb": "vllm-project/vllm/issues/35854",
-         "rtx3060-12gb-32gb-ram": "expert-offload fork", "no-gpu": "no usable NVIDIA GPU"}
+         "rtx3060-12gb-32gb-ram": "weights alone need", "no-gpu": "no usable NVIDIA GPU"}
 
 
 @pytest.mark.parametrize("name", sorted(BOXES))
@@ -182,7 +182,8 @@ def test_a_flag_this_build_lacks_is_refused_before_anything_runs():
 
 
 def test_explain_shows_gpu_and_host_memory_and_speed():
-    r = subprocess.run([sys.executable, "-m", "qwenplan.launch.cli", "explain", "--hardware", str(HW / "t4-16gb.json")],
+    r = subprocess.run([sys.executable, "-m", "qwenplan.launch.cli", "explain", "--verbose", "--hardware",
+                        str(HW / "t4-16gb.json")],
                        capture_output=True, text=True, timeout=120, check=False,
                        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "100"})
     assert r.returncode == 0, r.stderr
@@ -283,13 +284,21 @@ def test_auto_serves_the_tiny_gguf_end_to_end_and_stops_on_sigterm(tiny, tmp_pat
                              "--hardware", str(HW / "no-gpu.json"), "--model-path", str(tiny), "--context", "4096", "--no-mtp",
                              "--port", str(port), "--yes"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    out = []
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [q.put(x) for x in proc.stdout] and None, daemon=True).start()
+    out: list[str] = []
+    children = []
     try:
         deadline = time.monotonic() + 300
-        for line in proc.stdout:
-            out.append(line.rstrip("\n"))
-            if line.startswith("qwenplan: serving") or time.monotonic() > deadline:
-                break
+        while time.monotonic() < deadline and not (out and out[-1].startswith("Ctrl-C to stop")):
+            try:
+                out.append(q.get(timeout=1).rstrip("\n"))
+            except queue.Empty:
+                if proc.poll() is not None:
+                    break
         text = "\n".join(out)
         assert any(x.startswith("ready: first token after") for x in out), text[-3000:]   # the streamed smoke test
         children = psutil.Process(proc.pid).children(recursive=True)
@@ -299,7 +308,7 @@ def test_auto_serves_the_tiny_gguf_end_to_end_and_stops_on_sigterm(tiny, tmp_pat
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:
             assert r.status == 200
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM          # stopped by the signal, said as such
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -307,3 +316,26 @@ def test_auto_serves_the_tiny_gguf_end_to_end_and_stops_on_sigterm(tiny, tmp_pat
     assert not alive, alive                                            # nothing left running
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+
+
+def test_doctor_checks_the_installed_build_and_the_argv_against_its_own_help():
+    from qwenplan.launch import llamacpp as tool
+
+    server = server_binary()
+    live = tool.flags(server)
+    assert tool.unknown_flags(["llama-server", "--no-mmap", "--flash-attn", "maybe", "--threads", "4"], live) == \
+        ["--no-mmap", "--flash-attn maybe"]
+    env = {**os.environ, "PATH": f"{Path(server).parent}:{os.environ['PATH']}", "NO_COLOR": "1"}
+    r = subprocess.run([sys.executable, "-m", "qwenplan.launch.cli", "doctor", "--hardware", str(HW / "no-gpu.json"),
+                        "--port", str(free_port())], capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert f"engine: llama.cpp {BUILD}" in r.stdout, r.stdout + r.stderr
+    assert f"parser: every flag of the planned argv is in llama-server {BUILD}'s --help" in r.stdout
+
+
+def test_small_cards_the_fork_would_serve_get_llama_cpp_and_the_fork_only_when_asked():
+    from qwenplan.planner.whatif import what_if
+
+    hw = what_if(["RTX 4060 Ti 16GB"], ram=64 * GiB)
+    auto = make_plan(hw, PlanOptions())
+    assert auto.engine["name"] == "llamacpp" and "expert-offload fork" in auto.decision("engine").reason
+    assert make_plan(hw, PlanOptions(engine="vllm-offload")).engine["name"] == "vllm-offload"

@@ -105,6 +105,11 @@ def check_observation(o, i: int) -> None:
             raise BadRecord(f"{where} is not a figure an engine reports")
     if rep.get("weights_bytes") is None:
         raise BadRecord(f"{at}.reported has no weights_bytes")
+    speed = o.get("speed", {})
+    if not isinstance(speed, dict):
+        raise BadRecord(f"{at}.speed is not a mapping")
+    for k, v in speed.items():
+        _number(v, f"{at}.speed.{k}", integer=False, high=1e6)
     used = sum(rep.get(k) or 0 for k in ("weights_bytes", "activation_bytes", "non_torch_bytes", "kv_cache_bytes"))
     if used > total:
         raise BadRecord(f"{at}.reported adds up to {used:,} bytes, more than the GPU's {total:,}")
@@ -241,9 +246,10 @@ class _Lock:
         os.close(self.fd)
 
 
-def record(plan: dict, reported: dict, source: str) -> Path:
-    """Add one observation (the plan's prediction beside what the engine reported) for the GPU
-    the plan was made for. OSError when the store cannot be written (the caller warns)."""
+def record(plan: dict, reported: dict, source: str, speed: dict | None = None) -> Path:
+    """Add one observation (the plan's prediction beside what the engine reported, and the smoke
+    test's speed beside the predicted one) for the GPU the plan was made for. OSError when the
+    store cannot be written (the caller warns)."""
     key = plan_key(plan)
     directory = store_dir()
     directory.mkdir(parents=True, exist_ok=True)
@@ -259,6 +265,8 @@ def record(plan: dict, reported: dict, source: str) -> Path:
         "predicted": {k: m.get(k) for k in _PREDICTED},
         "reported": reported,
     }
+    if speed:
+        obs["speed"] = speed
     with _Lock(directory):
         problems: list[str] = []
         d = (_read(path, problems) if path.exists() else None) or {"schema": SCHEMA, "key": key, "observations": []}

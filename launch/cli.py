@@ -271,6 +271,15 @@ def variants(as_json, **kw):
         raise click.exceptions.Exit(3)
 
 
+def _speed_text(tokens_per_s: dict) -> str:
+    """'; predicted 199 / 2,074 / 3,626 tok/s at 1 / 32 / 128 requests' (planner/speed.py)."""
+    levels = [k for k in ("c1", "c32", "c128") if k in tokens_per_s]
+    if not levels:
+        return ""
+    return (f"; predicted {' / '.join(f'{tokens_per_s[k]:,.0f}' for k in levels)} tok/s at "
+            f"{' / '.join(k[1:] for k in levels)} requests")
+
+
 def variant_rows(p) -> list[dict]:
     from qwenplan.planner.variants import variants_of
 
@@ -282,12 +291,16 @@ def variant_rows(p) -> list[dict]:
         row = {"id": v.id, "repo": v.repo, "format": v.format, "size_bytes": v.disk.total, "quality": v.quality,
                "mtp": v.has_mtp, "engines": {k: e.get("min") for k, e in v.engines.items()}}
         if v.id == chosen:
-            row.update(fits=True, chosen=True, summary=f"chosen: {p.settings['max_model_len']:,} tokens, "
-                       f"{p.settings['max_num_seqs']} seqs, TP {p.parallel['tensor']} x DP {p.parallel['data']}")
+            speed = {k: lv["tokens_per_s"] for k, lv in (p.performance.get("levels") or {}).items()}
+            row.update(fits=True, chosen=True, tokens_per_s=speed, summary=f"chosen: {p.settings['max_model_len']:,} "
+                       f"tokens, {p.settings['max_num_seqs']} seqs, TP {p.parallel['tensor']} x DP "
+                       f"{p.parallel['data']}{_speed_text(speed)}")
         elif v.id in fits:
             a = fits[v.id]
-            row.update(fits=True, chosen=False, summary=f"fits ({a['engine']}): {a['max_model_len']:,} tokens, "
-                       f"{a['max_num_seqs']} seqs, TP {a['tensor']} x DP {a['data']}, KV {a['kv_cache_dtype']}")
+            row.update(fits=True, chosen=False, tokens_per_s=a.get("tokens_per_s") or {},
+                       summary=f"fits ({a['engine']}): {a['max_model_len']:,} tokens, {a['max_num_seqs']} seqs, "
+                       f"TP {a['tensor']} x DP {a['data']}, KV {a['kv_cache_dtype']}"
+                       f"{' + MTP' if a.get('mtp') else ''}{_speed_text(a.get('tokens_per_s') or {})}")
         else:
             row.update(fits=False, chosen=False, summary=rejected.get(v.id, "does not fit"))
         rows.append(row)
@@ -453,7 +466,7 @@ def calibration_list():
     found, _ = cal.records()
     if not found:
         click.echo(f"no engine reports stored yet ({cal.store_dir()})")
-    for path, d in found:
+    for _path, d in found:
         obs = d["observations"][-1]
         r = obs["reported"]
         u = used.get(d["key"])
@@ -474,8 +487,20 @@ def calibration_clear():
         click.echo(f"qwenplan: warning: {line}", err=True)
 
 
-def _report(plan_doc: dict, lines: list[str], source: str) -> None:
-    """Predicted beside reported; a large miss is a warning naming both; the report is stored."""
+def _smoke_speed(plan_doc: dict, smoke) -> dict | None:
+    """The smoke test's speed beside the prediction for one request (planner/speed.py)."""
+    one = ((plan_doc.get("performance") or {}).get("levels") or {}).get("c1")
+    if smoke is None or not smoke.tokens_per_s:
+        return None
+    out = {"smoke_tokens_per_s": round(smoke.tokens_per_s, 2), "smoke_ttft_s": round(smoke.ttft_s, 4)}
+    if one:
+        out.update(predicted_tokens_per_s=round(1000 / one["tpot_ms"], 2), predicted_ttft_s=one["ttft_s"])
+    return out
+
+
+def _report(plan_doc: dict, lines: list[str], source: str, smoke=None) -> None:
+    """Predicted beside reported; a large miss is a warning naming both; the report is stored,
+    with the smoke test's speed beside the predicted one."""
     from qwenplan.launch import calibration as cal
     from qwenplan.launch.engine_log import parse_memory
 
@@ -500,9 +525,14 @@ def _report(plan_doc: dict, lines: list[str], source: str) -> None:
                    "  (beyond the estimate: outside the budget)")
     for line in cal.compare(m, rep):
         click.echo(f"qwenplan: warning: large miss: {line}", err=True)
+    speed = _smoke_speed(plan_doc, smoke)
+    if speed:
+        click.echo(f"speed: smoke test {speed['smoke_tokens_per_s']:.1f} tokens/s (one short request)" +
+                   (f"; predicted {speed['predicted_tokens_per_s']:.1f} tokens/s while decoding one request"
+                    if "predicted_tokens_per_s" in speed else ""))
     if rep.get("weights_bytes"):
         try:
-            path = cal.record(plan_doc, rep, source)
+            path = cal.record(plan_doc, rep, source, speed)
         except OSError as e:   # the engine is up: a store that cannot be written is no reason to fail
             click.echo(f"qwenplan: warning: the engine report was not stored in {cal.store_dir()} "
                        f"({e.strerror or type(e).__name__}); later plans use the formula", err=True)
@@ -692,8 +722,8 @@ def _finish(doc, out, source):
                        f"rerun with --retry 1 to launch it", err=True)
         raise click.exceptions.Exit(1)
     doc = dict(doc, settings=last.settings)
-    _report(doc, out.engine.result.lines, source)
     smoke = out.engine.result.smoke
+    _report(doc, out.engine.result.lines, source, smoke)
     if smoke:
         click.echo(f"ready: first token after {smoke.ttft_s:.2f} s, {smoke.tokens_per_s or 0:.1f} tokens/s")
     return out

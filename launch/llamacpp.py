@@ -1,18 +1,16 @@
 """The installed llama-server: its build, and its flags read off its own `--help`.
 
-    python -m qwenplan.launch.llamacpp dump-flags [--server PATH]
-
-writes profiles/flags/llamacpp-bN.txt for the build that PATH (default: llama-server on PATH)
-reports; that file is what every rendered llama-server argv is checked against.
+`python -m qwenplan.launch.flagdump llamacpp [--server PATH]` writes profiles/flags/llamacpp-bN.txt
+for the build that PATH (default: llama-server on PATH) reports; that file is what every rendered
+llama-server argv is checked against, and `qwenplan doctor` checks the argv against the
+installed build's own help.
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,21 +80,7 @@ def dump(server: str | None = None, out_dir: Path = FLAGS_DIR) -> Path:
     if b is None:
         raise SystemExit(f"{path} --version names no build number")
     target = out_dir / f"llamacpp-{b.build}.txt"
-    header = (f"llamacpp {b.build} ({b.commit}): extracted from its own --help by "
-              f"`python -m qwenplan.launch.llamacpp dump-flags`")
+    header = (f"llamacpp {b.build} ({b.commit}): option strings of the real `llama-server --help`, written by "
+              f"`python -m qwenplan.launch.flagdump llamacpp`; choices in braces.")
     target.write_text(render_flag_file(flags(path), header), encoding="utf-8")
     return target
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m qwenplan.launch.llamacpp")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("dump-flags", help="write profiles/flags/llamacpp-bN.txt from llama-server --help")
-    d.add_argument("--server", help="the llama-server binary (default: the one on PATH)")
-    args = ap.parse_args(argv)
-    print(dump(args.server))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -139,7 +139,7 @@ def check_flags(engine_id: str, version: str, args: list[str]) -> str | None:
         flag, eq, inline = a.partition("=")
         if not fs.accepts(flag):
             raise RenderError(f"{engine_id} {version} does not accept {flag} (checked against {fs.version}'s flags)",
-                              f"drop it, or plan for a version that has it")
+                              "drop it, or plan for a version that has it")
         choices = fs.choices(flag)
         value = inline if eq else (args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else None)
         if choices and value is not None and value not in choices:

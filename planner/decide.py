@@ -13,14 +13,13 @@ experts over PCIe). User overrides narrow the search; when they make it empty th
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from . import disk, llamacpp, objective, offload, shm, speed
 from .budget import SharedPool, shared_pool
 from .catalog import find_gpu, load_profile
-from .engines import Engine, check_version, get_engine, pick, workarounds
+from .engines import Engine, check_version, get_engine, workarounds
 from .errors import InputError
 from .hardware import GPU, Hardware, from_dict
 from .model import Model, get_model
@@ -648,7 +647,7 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
                    "base_image": eng.raw.get("base_image"), "cuda": runtime.get("cuda"),
                    "min_driver": runtime.get("min_driver"), "branch": eng.raw.get("branch")}
     D(Decision("engine", f"{eng.name} {c.version}", o.choice.reason +
-               (f"; the expert-offload fork because nothing fits the GPU without paging experts" if eng.id == "vllm-offload" else ""),
+               ("; the expert-offload fork because nothing fits the GPU without paging experts" if eng.id == "vllm-offload" else ""),
                eng.supports_source))
     # variant
     plan.variant = {"id": v.id, "repo": v.repo, "revision": v.revision, "format": v.format, "name": v.name,
@@ -660,7 +659,7 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
     reason = (f"{v.name}: quality rank {v.quality} ({v.quality_note}); {gib(v.disk.total)} on disk. "
               f"Meets the {opts.goal} goal at {o.context:,} tokens")
     if opts.variant:
-        reason = f"asked for with --variant; " + reason
+        reason = "asked for with --variant; " + reason
     elif better:
         reason += f"; higher-ranked {', '.join(a.cand.variant.id for a in better)} only reach shorter contexts or fewer sequences"
     D(Decision("variant", v.id, reason, "; ".join(v.sources[:2])))
@@ -837,6 +836,12 @@ def _performance(o: Option, goal: dict, predictor: Predictor) -> dict:
     ] + [{"what": a, "source": "policy: nearest known figures"} for a in predictor.machine.assumed]
     if o.cand.spec_tokens:
         assumptions.append({"what": f"MTP draft acceptance {acceptance:.0%} per token", "source": acc_source})
+    if o.cand.variant.format not in speed.MEASURED_FORMATS:
+        assumptions.append({"what": f"{o.cand.variant.format} kernels stream weights as fast as the measured FP8 ones "
+                                    "(no run of this format yet)", "source": "policy: nearest measured format"})
+    if o.cand.family != "vllm":
+        assumptions.append({"what": f"{o.cand.engine} steps cost what vLLM's do (no {o.cand.engine} run measured yet)",
+                            "source": "profiles/speed.yaml (sglang: same_as vllm)"})
     return {"levels": {f"c{c}": {"concurrency": c, "tokens_per_s": round(b.tokens_per_s, 1),
                                  "ttft_s": round(b.ttft_s, 3), "tpot_ms": round(b.tpot_s * 1000, 2)}
                        for c, b in levels.items()},
@@ -925,7 +930,7 @@ def _cold_tier(v: Variant, plan: Plan, c: Candidate) -> dict:
 
 
 def _memory(o: Option, view: GpuView, plan: Plan) -> dict:
-    c, s = o.cand, o.sized
+    _c, s = o.cand, o.sized
     gpus = []
     for g in view.gpus:
         if g.index not in plan.parallel["gpu_ids"]:

@@ -172,7 +172,7 @@ def tensors(s: Shape, vision_params: int) -> tuple[Tensor, ...]:
     out.append(Tensor("norm", h, 1, shard="replicated"))
     for layer, kind in enumerate(s.layer_types):
         out += _decoder_layer(s, kind, layer, "text")
-    for m in range(s.mtp_layers):
+    for _m in range(s.mtp_layers):
         # MTP: fc over [embedding; hidden], two pre-fc norms, one full-attention MoE layer, a norm.
         out += [Tensor("mtp_fc", h, 2 * h, part="mtp"), Tensor("norm", h, 1, 3, "replicated", part="mtp")]
         out += _decoder_layer(s, "full_attention", None, "mtp")

@@ -29,6 +29,8 @@ from .memory import deltanet_state_per_seq, kv_bytes_per_token
 from .model import Shape, tensors
 
 CONCURRENCIES = (1, 32, 128)
+# Weight formats with served runs behind the fitted constants (benchmarks/gpu/results).
+MEASURED_FORMATS = frozenset({"bf16", "fp8_block128"})
 INPUT_TOKENS = 1024       # the harness's load (benchmarks/gpu/load.py): 1,024 in, 256 out
 OUTPUT_TOKENS = 256
 
@@ -150,6 +152,7 @@ class StepShape:
     draft_expert_bytes: float
 
 
+@lru_cache(maxsize=64)
 def _weight_split(recipe, shape: Shape, vision_params: int):
     """(dense bytes, routed-expert bytes, lm_head bytes, MTP layer dense bytes, MTP experts bytes)
     of the text model, the embedding table left out (a step gathers only its rows)."""
@@ -175,8 +178,15 @@ def _weight_split(recipe, shape: Shape, vision_params: int):
     return dense, experts, lm_head, mtp_dense, mtp_experts
 
 
-@lru_cache(maxsize=256)
 def step_shape(recipe, shape: Shape, vision_params: int, lay: Layout) -> StepShape:
+    # only the layout's sharding and cache dtype change what a step moves
+    return _step_shape(recipe, shape, vision_params, Layout(
+        tp=lay.tp, pp=lay.pp, dp=lay.dp, experts_split_over_dp=lay.experts_split_over_dp, kv_dtype=lay.kv_dtype,
+        expert_slots=lay.expert_slots))
+
+
+@lru_cache(maxsize=256)
+def _step_shape(recipe, shape: Shape, vision_params: int, lay: Layout) -> StepShape:
     dense, experts, lm_head, mtp_dense, mtp_experts = _weight_split(recipe, shape, vision_params)
     ep = lay.tp * lay.dp if lay.dp > 1 and lay.experts_split_over_dp else lay.tp
     layer_share = math.ceil(shape.layers / lay.pp) / shape.layers
@@ -284,84 +294,68 @@ def burst(sh: StepShape, m: Machine, k: Constants, lay: Layout, concurrency: int
           input_tokens: int = INPUT_TOKENS, output_tokens: int = OUTPUT_TOKENS, acceptance: float = 0.0) -> Burst:
     """`concurrency` requests sent at once (split evenly over the DP ranks), served to the end."""
     ranks_active = min(lay.dp, concurrency)
-    per_rank = math.ceil(concurrency / max(1, ranks_active))
+    waiting = math.ceil(concurrency / max(1, ranks_active))
     yield_per_step = 1 + sum(acceptance ** i for i in range(1, lay.spec_tokens + 1))
-    waiting = per_rank
     cohorts: list[_Cohort] = []
+    decoding: list[_Cohort] = []      # oldest first: the first to finish
+    prefilling: list[_Cohort] = []
+    n_dec = gen_sum = 0.0             # decoding sequences, and their generated tokens in all
     t = 0.0
-    budget_cap = max(lay.batched_tokens, 1)
-    for _ in range(100_000):
-        running = [c for c in cohorts if c.done_s is None]
-        decoding = [c for c in running if c.prompt_left == 0]
-        prefilling = [c for c in running if c.prompt_left > 0]
-        if not running and waiting <= 0:
-            break
-        n_dec = sum(c.count for c in decoding)
-        budget = budget_cap - n_dec * (1 + lay.spec_tokens)
+    while decoding or prefilling or waiting > 0:
+        budget = max(lay.batched_tokens, 1) - n_dec * (1 + lay.spec_tokens)
         plan: list[tuple[_Cohort, int]] = []
         for c in prefilling:                      # chunks of prompts already started, oldest first
-            if budget <= 0:
-                break
-            take = min(c.prompt_left, budget // max(1, int(c.count)))
+            take = min(c.prompt_left, int(budget // c.count)) if budget > 0 else 0
             if take <= 0:
                 break
             plan.append((c, take))
             budget -= take * c.count
-        seats = lay.max_seqs - sum(c.count for c in running)
+        seats = lay.max_seqs - n_dec - sum(c.count for c in prefilling)
         while waiting > 0 and seats >= 1 and budget > 0:   # admit new requests into what is left
             whole = min(waiting, seats, budget // input_tokens)
-            if whole >= 1:
-                c = _Cohort(whole, input_tokens)
-                cohorts.append(c)
-                plan.append((c, input_tokens))
-                waiting -= whole
-                seats -= whole
-                budget -= whole * input_tokens
-                continue
-            c = _Cohort(1, input_tokens)               # one request gets the rest of the budget
+            c = _Cohort(whole if whole >= 1 else 1, input_tokens)
             cohorts.append(c)
-            plan.append((c, int(budget)))
-            waiting -= 1
-            seats -= 1
-            budget = 0
-        ctx = (sum(c.count * (input_tokens + c.generated) for c in decoding) / n_dec) if n_dec else input_tokens
-        prefill_tokens = sum(take * c.count for c, take in plan)
-        if not plan and decoding:
-            # Nothing to admit or prefill: decode until the next cohort finishes, costed at the
+            prefilling.append(c)
+            plan.append((c, input_tokens if whole >= 1 else int(budget)))   # else: the rest of the budget
+            waiting -= c.count
+            seats -= c.count
+            budget -= plan[-1][1] * c.count
+        ctx = input_tokens + gen_sum / n_dec if n_dec else input_tokens
+        if plan:
+            steps, dt = 1, step_time(sh, m, k, lay, n_dec, sum(take * c.count for c, take in plan), ctx, ranks_active)
+        else:
+            # Nothing to admit or prefill: decode until the oldest cohort finishes, costed at the
             # stretch's mean context (KV reads grow linearly with it).
-            left = min(output_tokens - c.generated for c in decoding)
-            steps = max(1, math.ceil(left / yield_per_step))
-            mid = ctx + (steps * yield_per_step) / 2
-            dt = step_time(sh, m, k, lay, n_dec, 0, mid, ranks_active)
-            t += steps * dt
-            for c in decoding:
-                c.generated = min(output_tokens, c.generated + steps * yield_per_step)
-                if c.generated >= output_tokens:
-                    c.done_s = t
-            continue
-        dt = step_time(sh, m, k, lay, n_dec, prefill_tokens, ctx, ranks_active)
-        t += dt
+            steps = max(1, math.ceil((output_tokens - decoding[0].generated) / yield_per_step))
+            dt = step_time(sh, m, k, lay, n_dec, 0, ctx + steps * yield_per_step / 2, ranks_active)
+        t += steps * dt
         for c in decoding:
-            c.generated = min(output_tokens, c.generated + yield_per_step)
-            if c.generated >= output_tokens:
-                c.done_s = t
+            c.generated = min(output_tokens, c.generated + steps * yield_per_step)
+        gen_sum = sum(c.count * c.generated for c in decoding)
+        while decoding and decoding[0].generated >= output_tokens:
+            c = decoding.pop(0)
+            c.done_s = t
+            n_dec -= c.count
+            gen_sum -= c.count * c.generated
         for c, take in plan:
             c.prompt_left -= take
             if c.prompt_left <= 0:
-                c.prompt_left = 0
-                c.first_token_s = t
-                c.generated = 1
+                c.prompt_left, c.first_token_s, c.generated = 0, t, 1
+                prefilling.remove(c)
+                decoding.append(c)
+                n_dec += c.count
+                gen_sum += c.count
     total = sum(c.count for c in cohorts) or 1
-    end = max((c.done_s or t) for c in cohorts) + k.request_overhead_s
-    firsts = sorted(((c.first_token_s or t) + k.request_overhead_s, c.count) for c in cohorts)
-    half, acc, ttft = total / 2, 0.0, firsts[-1][0]
-    for f, cnt in firsts:
-        acc += cnt
-        if acc >= half:
-            ttft = f
+    end = max(c.done_s for c in cohorts) + k.request_overhead_s
+    firsts = sorted((c.first_token_s + k.request_overhead_s, c.count) for c in cohorts)
+    # the median as the harness takes it (benchmarks/gpu/load.py: index round(0.5 (n - 1)))
+    nth, seen, ttft = round(0.5 * (total - 1)), 0.0, firsts[-1][0]
+    for first, count in firsts:
+        seen += count
+        if seen > nth:
+            ttft = first
             break
-    tpot = sum(c.count * ((c.done_s or t) - (c.first_token_s or t)) / max(1, output_tokens - 1)
-               for c in cohorts) / total
+    tpot = sum(c.count * (c.done_s - c.first_token_s) for c in cohorts) / total / max(1, output_tokens - 1)
     # The harness's c1 level sends its requests one after another: the same per-request time.
     return Burst(concurrency=concurrency, tokens_per_s=concurrency * output_tokens / end, ttft_s=ttft,
                  tpot_s=tpot, seconds=end)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from qwenplan.launch.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = ROOT / "tests" / "fake_engine.py"

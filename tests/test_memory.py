@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from qwenplan.launch.engine_log import parse_memory
-from qwenplan.planner import model, weights
+from qwenplan.planner import model
 from qwenplan.planner.memory import deltanet_state_per_seq, kv_bytes_per_token, vllm_layout
 from qwenplan.planner.sizing import Candidate, size
 from qwenplan.planner.variants import get_variant

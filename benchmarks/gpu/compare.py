@@ -142,7 +142,7 @@ def speed(results: list[dict]) -> list[str]:
         n = len(r.get("gpus") or [])
         gpu = f"{n}× {gpu}" if n > 1 else gpu
 
-        def t(k, f):
+        def t(k, f, lv=lv):
             return f"{lv[k][f]}" if k in lv and lv[k].get(f) is not None else "—"
         ttft = " / ".join(t(k, "ttft_p50_s") for k in ("c1", "c32", "c128"))
         status = r.get("status", "?")

@@ -25,7 +25,6 @@ sys.path.insert(0, str(HERE))
 from predict import Run, runs, served_acceptance, served_settings  # noqa: E402
 
 from qwenplan.planner import speed  # noqa: E402
-from qwenplan.planner.engines import get_engine  # noqa: E402
 from qwenplan.planner.sizing import Candidate  # noqa: E402
 from qwenplan.planner.variants import get_variant  # noqa: E402
 

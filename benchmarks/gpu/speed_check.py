@@ -1,21 +1,59 @@
-"""Predicted vs measured speed for every logged run (the speed model as it is now)."""
+#!/usr/bin/env python3
+"""Predicted vs measured speed for every logged run, beside NVIDIA AIConfigurator's prediction.
+
+    python3 benchmarks/gpu/speed_check.py          # the markdown table in RESULTS.md
+
+qwenplan: the speed model as it is now (profiles/speed.yaml), in-sample and with the constants
+fitted without the run's GPU (leave-one-GPU-out); AIConfigurator 0.12 as shipped
+(aiconfigurator.json, made by aiconfigurator.py). Errors are predicted / measured - 1 of the
+generated tokens/s; gated cells are the ones tests/test_speed_results.py checks.
+"""
+
 from __future__ import annotations
 
+import json
+import statistics
 import sys
-import time
+from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from predict import runs  # noqa: E402
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import fit_speed  # noqa: E402
+
+from qwenplan.planner import speed  # noqa: E402
+
+
+def main() -> int:
+    cells = fit_speed.all_cells()
+    gated = fit_speed.gated_cells(cells)
+    k = speed.Constants.for_engine("vllm")
+    folds = {g: replace(k, **v) for g, v in speed.profile()["vllm"]["fitted"]["folds"].items()}
+    aic = json.loads((HERE / "aiconfigurator.json").read_text())["runs"]
+    print("| run | c | measured tok/s | qwenplan | error | leave-one-GPU-out | AIConfigurator | error | gated |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    errs = {"ours": [], "logo": [], "aic": []}
+    for c in cells:
+        ours = fit_speed.predict_cell(c, k)
+        logo = fit_speed.predict_cell(c, folds.get(c.gpu, k))
+        a = ((aic.get(c.run) or {}).get(c.level) or {}).get("tokens_per_s")
+        why = ("yes" if c in gated else "MTP" if c.mtp else "first FP8 start")
+        print(f"| {c.run} | {c.level[1:]} | {c.measured:,.0f} | {ours:,.0f} | {(ours / c.measured - 1) * 100:+.1f} % | "
+              f"{(logo / c.measured - 1) * 100:+.1f} % | {f'{a:,.0f}' if a else '—'} | "
+              f"{f'{(a / c.measured - 1) * 100:+.1f} %' if a else '—'} | {why} |")
+        if c in gated:
+            errs["ours"].append(abs(ours / c.measured - 1))
+            errs["logo"].append(abs(logo / c.measured - 1))
+            if a:
+                errs["aic"].append(abs(a / c.measured - 1))
+    print()
+    for name, label in (("ours", "qwenplan, in-sample"), ("logo", "qwenplan, leave-one-GPU-out"),
+                        ("aic", "AIConfigurator 0.12 as shipped")):
+        xs = errs[name]
+        print(f"- {label}: median |error| {statistics.median(xs) * 100:.1f} %, worst {max(xs) * 100:.1f} % "
+              f"over {len(xs)} gated cells")
+    return 0
+
 
 if __name__ == "__main__":
-    t0 = time.perf_counter()
-    for run in runs():
-        p = run.predict()["predicted"]
-        cells = []
-        for c in ("c1", "c32", "c128"):
-            meas, pred = run.load[c]["tok_per_s"], p["tokens_per_s"][c]
-            tm, tp = run.load[c]["ttft_p50_s"], p["ttft_p50_s"][c]
-            cells.append(f"{c} {meas:5.0f}/{pred:5.0f} ({(pred / meas - 1) * 100:+4.0f}%) ttft {tm:5.2f}/{tp:5.2f}")
-        print(f"{run.name:29s}{'M' if run.mtp else ' '} " + " ".join(cells))
-    print(f"{time.perf_counter() - t0:.2f}s")
+    raise SystemExit(main())

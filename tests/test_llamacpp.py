@@ -3,7 +3,7 @@
 The tests marked `server` run a real llama-server (tests/llamacpp/build.sh builds it for the
 CPU, pinned at b11312) on a tiny random-weight GGUF of this architecture written at test time
 (tests/llamacpp/tiny_gguf.py). They find it through QWENPLAN_LLAMA_SERVER or the build script's
-default place; without it they skip, unless QWENPLAN_REQUIRE_LLAMA_SERVER=1 (CI) makes that a
+default place; without either they skip, but a QWENPLAN_LLAMA_SERVER that names no server makes that a
 failure.
 """
 
@@ -197,7 +197,7 @@ def server_binary() -> str:
     path = os.environ.get("QWENPLAN_LLAMA_SERVER") or str(
         Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qwenplan" / f"llama.cpp-{BUILD}" / "bin" / "llama-server")
     if not os.access(path, os.X_OK):
-        if os.environ.get("QWENPLAN_REQUIRE_LLAMA_SERVER") == "1":
+        if os.environ.get("QWENPLAN_LLAMA_SERVER"):    # asked for (the README's test command, CI): must run
             pytest.fail(f"llama-server not found at {path}: run tests/llamacpp/build.sh")
         pytest.skip("llama-server not built (tests/llamacpp/build.sh)")
     return path

@@ -134,14 +134,15 @@ def _plan_options(f):
     opts = [
         click.option("--goal", type=click.Choice(["balanced", "long-context", "throughput"]), default="balanced",
                      show_default=True, help="What to optimise for."),
-        click.option("--engine", default="auto", show_default=True, metavar="[auto|vllm|vllm-offload|sglang]",
+        click.option("--engine", default="auto", show_default=True, metavar="[auto|vllm|vllm-offload|sglang|llamacpp]",
                      help="Engine to plan for."),
         click.option("--engine-version", metavar="X", help="Plan for this engine version (installed or not)."),
         click.option("--variant", metavar="ID", help="Use this checkpoint variant (see `qwenplan variants`)."),
         click.option("--model", metavar="ID", help="Model to serve (default qwen3.6-35b-a3b)."),
         click.option("--context", type=TOKENS, metavar="N", help="Maximum context length in tokens (32768, 128k)."),
         click.option("--concurrency", type=click.IntRange(1), metavar="N", help="Maximum concurrent sequences."),
-        click.option("--kv-dtype", metavar="[auto|fp8]", help="KV cache dtype."),
+        click.option("--kv-dtype", metavar="[auto|fp8|f16|q8_0|q4_0]",
+                     help="KV cache dtype (llama.cpp: f16, q8_0 or q4_0)."),
         click.option("--no-mtp", "no_mtp", is_flag=True, help="No MTP speculative decoding."),
         click.option("--mtp", "force_mtp", is_flag=True, help="MTP even where a known bug advises against it."),
         click.option("--vision", is_flag=True, help="Serve images and video too (text only by default)."),
@@ -503,6 +504,8 @@ def _report(plan_doc: dict, lines: list[str], source: str, smoke=None) -> None:
     from qwenplan.launch import calibration as cal
     from qwenplan.launch.engine_log import parse_memory
 
+    if plan_doc["engine"]["name"] == "llamacpp":
+        return _report_llamacpp(plan_doc, lines)
     rep = parse_memory(lines).to_dict()
     m = plan_doc["memory"]
     rows = [("weights", m.get("weights_bytes"), rep.get("weights_bytes")),
@@ -552,6 +555,8 @@ def _require_this_box(kw: dict, hw) -> None:
         return profile.id if profile else normalize_gpu_name(g.name)
 
     here = probe.probe()
+    if not hw.gpus and not here.gpus:
+        return          # a box without a GPU described as one: llama.cpp on this CPU
     want, have = Counter(map(kind, hw.gpus)), Counter(map(kind, here.gpus))
     if not want or any(have[k] < n for k, n in want.items()):
         seen = ", ".join(g.name for g in here.gpus) or "no GPU"
@@ -559,6 +564,24 @@ def _require_this_box(kw: dict, hw) -> None:
         raise InputError(f"this box has {seen}, not the {named} named by --gpu/--hardware",
                          "run it without --gpu/--hardware to use this box's GPUs; `qwenplan plan` and `export` "
                          "plan for other hardware")
+
+
+def _report_llamacpp(plan_doc: dict, lines: list[str]) -> None:
+    """llama-server's own buffer sizes beside the plan's (the file served may be another size
+    than the plan's variant with --model-path)."""
+    from qwenplan.launch.engine_log import parse_llamacpp
+
+    rep, m = parse_llamacpp(lines), plan_doc["memory"]
+    gpu = ("CUDA0",) if m.get("gpus") else ()
+    rows = [("weights on GPU", m.get("gpu_weights_bytes"), rep.total("model", gpu) if gpu else None),
+            ("weights in host RAM", m.get("host_weights_bytes"), rep.total("model") - rep.total("model", gpu)),
+            ("KV cache + state", m.get("kv_cache_bytes"), rep.total("KV") + rep.total("RS")),
+            ("compute buffers", (m.get("compute_gpu_bytes") or 0) + (m.get("compute_host_bytes") or 0),
+             rep.total("compute"))]
+    click.echo("memory: predicted / reported by llama-server")
+    for name, pred, got in rows:
+        show = [("-" if v is None else f"{v / (1 << 30):.2f} GiB") for v in (pred, got)]
+        click.echo(f"  {name:20} {show[0]:>12} {show[1]:>12}")
 
 
 def _launch(p, *, retry: int, log_dir, dummy_model: str | None = None, smoke: bool = True, keep: bool = True):
@@ -617,11 +640,23 @@ def _log_dir(kind: str):
 @click.option("--retry", type=click.IntRange(0, 3), default=0, metavar="N",
               help="After a known failure, relaunch with a safer plan up to N times.")
 @click.option("--verify", "verify_first", is_flag=True, help="Check the plan with dummy weights before downloading.")
-def auto(dry_run, yes, retry, verify_first, **kw):
+@click.option("--model-path", type=click.Path(dir_okay=False),
+              help="llama.cpp plans: serve this local GGUF file with the plan's flags instead of downloading the "
+              "plan's (add --no-mtp for a file without the MTP head).")
+def auto(dry_run, yes, retry, verify_first, model_path, **kw):
     """Probe, plan, fetch the checkpoint, launch, wait until healthy, smoke-test, stay in the foreground."""
     from qwenplan.launch import fetch, runner, views
 
     hw, p = _plan_here(kw)
+    gguf = p.status == "ok" and p.engine.get("name") == "llamacpp"
+    if model_path:
+        if not gguf:
+            raise InputError("--model-path serves a local GGUF file: it needs a llama.cpp plan", "add --engine llamacpp")
+        if not os.path.isfile(model_path):
+            raise InputError(f"--model-path {model_path}: no such file", "give the path of a .gguf file")
+        _serve_gguf(p, model_path)
+    if gguf and verify_first:
+        raise InputError("--verify runs vLLM with dummy weights; llama.cpp has no such mode", "drop --verify")
     views.show_plan(p, brief=True)
     if p.status != "ok":
         raise click.exceptions.Exit(3)
@@ -632,8 +667,9 @@ def auto(dry_run, yes, retry, verify_first, **kw):
     if doc["settings"]["host"] not in ("127.0.0.1", "localhost", "::1") and not any(
             os.environ.get(n) for n in doc["command"]["secret_env"][1:] + [a["env"] for a in doc["command"]["secret_args"]]):
         click.echo(f"qwenplan: warning: serving on {doc['settings']['host']} without an API key", err=True)
-    disk = [(str(fetch.hub_cache_dir()), 0 if fetch.cached_snapshot(doc["variant"]["repo"]) else doc["variant"]["size_bytes"],
-             f"the checkpoint {doc['variant']['repo']}")]
+    files = [doc["variant"]["gguf_file"]] if gguf else None     # llama.cpp: one file of the repository
+    disk = [(str(fetch.hub_cache_dir()), 0 if model_path or fetch.cached_snapshot(doc["variant"]["repo"], allow_patterns=files)
+             else doc["variant"]["size_bytes"], f"the checkpoint {doc['variant']['repo']}")]
     ram = 0
     if doc["engine"]["name"] == "vllm-offload":
         if doc["settings"]["env"].get("VLLM_MOE_COLD_TIER_MODE") == "disk":
@@ -648,13 +684,25 @@ def auto(dry_run, yes, retry, verify_first, **kw):
         raise click.exceptions.Exit(1)
     if verify_first:
         _verify(p, retry=retry)
-    fetch.ensure_checkpoint(doc["variant"]["repo"], doc["variant"].get("revision"), needed_bytes=doc["variant"]["size_bytes"])
+    if not model_path:
+        path = fetch.ensure_checkpoint(doc["variant"]["repo"], doc["variant"].get("revision"),
+                                       needed_bytes=doc["variant"]["size_bytes"], allow_patterns=files)
+        if gguf:
+            _serve_gguf(p, str(path / files[0]))
     out = _launch(p, retry=retry, log_dir=_log_dir("auto"))
     _finish(doc, out, "qwenplan auto")
     from qwenplan.launch.orchestrate import stay_in_foreground
 
     keys = doc["command"]["secret_env"][1:] + [a["env"] for a in doc["command"]["secret_args"]]
     return stay_in_foreground(out.engine, doc, next((k for k in keys if os.environ.get(k)), None))
+
+
+def _serve_gguf(p, path: str) -> None:
+    """A llama.cpp plan served from a local GGUF file (downloaded, or --model-path)."""
+    from qwenplan.launch.render import with_command
+
+    p.settings.update(model_path=os.path.abspath(path), hf_repo=None, hf_file=None)
+    with_command(p)
 
 
 def _finish(doc, out, source):
@@ -686,6 +734,9 @@ def _verify(p, retry: int = 0):
     from qwenplan.launch import fetch
 
     doc = p.to_dict()
+    if doc["engine"]["name"] == "llamacpp":
+        raise InputError("llama.cpp has no dummy-weight mode to verify a plan with",
+                         "`qwenplan auto` loads the real GGUF file and reports its memory")
     config = fetch.config_only(doc["variant"]["repo"], doc["variant"].get("revision"))
     out = _launch(p, retry=retry, log_dir=_log_dir("verify"), dummy_model=str(config.parent), smoke=False)
     try:

@@ -131,3 +131,39 @@ def parse_memory(lines) -> MemoryReport:
     # without one, what the graphs took is the figure to plan with.
     r.cudagraph_bytes = r.cudagraph_estimate_bytes if r.cudagraph_estimate_bytes is not None else r.cudagraph_captured_bytes
     return r
+
+
+# --- llama.cpp ------------------------------------------------------------------------------------
+
+_LLAMA_BUFFER = re.compile(r"(?P<dev>[A-Za-z0-9_]+)\s+(?P<kind>model|KV|RS|compute|output) buffer size =\s*"
+                           r"(?P<mib>[0-9]+(?:\.[0-9]+)?) MiB")
+_LLAMA_CELLS = re.compile(r"llama_kv_cache: size =.*\(\s*(?P<cells>[0-9]+) cells,\s*(?P<layers>[0-9]+) layers")
+
+
+@dataclass
+class LlamaReport:
+    """llama-server's own account of its buffers, bytes per (kind, device): kind is model, KV, RS
+    (recurrent state), compute or output; device CPU, CPU_Mapped, CUDA0, CUDA_Host, ..."""
+
+    buffers: dict[tuple[str, str], int] = field(default_factory=dict)
+    kv_cells: int | None = None
+    kv_layers: int | None = None
+
+    def total(self, kind: str, devices: tuple[str, ...] | None = None) -> int:
+        return sum(b for (k, d), b in self.buffers.items() if k == kind and (devices is None or d in devices))
+
+
+def parse_llamacpp(lines) -> LlamaReport:
+    """The 'X buffer size = N MiB' lines llama-server prints while loading (MiB with two decimals:
+    each figure is known to 10 KiB). A buffer reported twice (graph re-reserved) counts once, at its largest."""
+    rep = LlamaReport()
+    for line in lines:
+        m = _LLAMA_BUFFER.search(line)
+        if m:
+            key = (m["kind"], m["dev"])
+            rep.buffers[key] = max(rep.buffers.get(key, 0), round(float(m["mib"]) * (1 << 20)))
+            continue
+        m = _LLAMA_CELLS.search(line)
+        if m:
+            rep.kv_cells, rep.kv_layers = int(m["cells"]), int(m["layers"])
+    return rep

@@ -71,6 +71,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -79,6 +80,7 @@ from typing import Any, Union
 
 import yaml
 from qwenplan.launch.safe_text import CONTROL, printable
+from qwenplan.planner.engines import get_engine
 from qwenplan.planner.errors import InfeasibleError, InputError
 from qwenplan.planner.flags import flag_set
 
@@ -371,6 +373,8 @@ def _view(plan: Any) -> _View:
         gpus = gpus // nodes   # per node
     elif gpu_ids:
         gpus = len(gpu_ids)
+    elif engine.get("name") == "llamacpp":
+        gpus = 0        # a llama.cpp plan without GPU ids runs on the CPU
 
     served = variant.get("served_model_name") or p.get("model") or "qwen3.6-35b-a3b"
     title = f"{variant.get('repo') or served} on {engine['name']} {engine['version']}"
@@ -552,7 +556,8 @@ def _container_program(prog: Word) -> Word:
 def _container_argv(v: _View, argv: list[Word]) -> list[Word]:
     """The image's program instead of a host path, and --host 0.0.0.0 inside the container."""
     out = list(argv)
-    out[0] = _container_program(out[0])
+    # llama.cpp's images keep llama-server at /app (their ENTRYPOINT), not on PATH
+    out[0] = (get_engine(v.engine).raw.get("image_entrypoint") or [_container_program(out[0])])[0]
     fs = flag_set(v.engine, v.version)
     if fs is not None and not fs.accepts("--host"):
         raise InputError(f"{v.engine} {v.version} has no --host flag", "plan for a version that has it")
@@ -940,7 +945,9 @@ def render_systemd(plan: Any, *, venv: str | None = None, user_unit: bool = Fals
                               argv=v.argv)
         argv = launch.argv
     prog = argv[0]
-    if isinstance(prog, str) and not prog.startswith("/"):
+    if isinstance(prog, str) and not prog.startswith("/") and v.engine == "llamacpp" and not venv:
+        prog = shutil.which(prog) or f"/usr/local/bin/{prog}"   # a binary, not a Python package
+    elif isinstance(prog, str) and not prog.startswith("/"):
         prog = str(venv_path / "bin" / prog)
     argv = [prog] + argv[1:]
 
@@ -1106,11 +1113,15 @@ def render_compose(plan: Any, *, image: str | None = None, env_file: str = ENV_F
         svc["ipc"] = "host"
     if v.engine == "sglang":
         svc["ulimits"] = {"memlock": -1, "stack": 67108864}
-    svc["deploy"] = {"resources": {"reservations": {"devices": [
-        {"driver": "nvidia", "device_ids": _gpu_device_ids(v) if v.nodes == 1 else [str(i) for i in range(v.gpus)],
-         "capabilities": ["gpu"]}]}}}
+    if v.gpus:
+        svc["deploy"] = {"resources": {"reservations": {"devices": [
+            {"driver": "nvidia", "device_ids": _gpu_device_ids(v) if v.nodes == 1 else [str(i) for i in range(v.gpus)],
+             "capabilities": ["gpu"]}]}}}
     if serves_http:
-        svc["healthcheck"] = {"test": ["CMD", "python3", "-c", _health_python(probe, loop=False)],
+        # llama.cpp's images have curl and no Python (their own HEALTHCHECK uses curl)
+        test = (["CMD", "curl", "-fsS", probe] if v.engine == "llamacpp" else
+                ["CMD", "python3", "-c", _health_python(probe, loop=False)])
+        svc["healthcheck"] = {"test": test,
                               "interval": "30s", "timeout": "10s", "retries": 3,
                               "start_period": f"{START_ALLOWANCE_S // 60}m"}
     svc["restart"] = "unless-stopped"
@@ -1218,7 +1229,8 @@ def render_k8s(plan: Any, *, image: str | None = None, name: str | None = None, 
             c["env"] = env
         if http:
             c["ports"] = [{"name": "http", "containerPort": v.port, "protocol": "TCP"}]
-        c["resources"] = {"limits": {"nvidia.com/gpu": v.gpus}}
+        if v.gpus:
+            c["resources"] = {"limits": {"nvidia.com/gpu": v.gpus}}
         c["volumeMounts"] = [{"name": "hf-cache", "mountPath": HF_CACHE_IN_CONTAINER},
                              {"name": "dshm", "mountPath": "/dev/shm"}]
         if http:

@@ -2,6 +2,7 @@
 
     python -m qwenplan.launch.flagdump vllm --python /path/to/venv/bin/python [--out DIR]
     python -m qwenplan.launch.flagdump sglang --python /path/to/venv/bin/python
+    python -m qwenplan.launch.flagdump llamacpp --server /path/to/llama-server
 
 The engine runs in its own Python (where it is installed; never imported here); its version is
 read there too, and the help goes through the same parser that reads the committed files
@@ -45,10 +46,16 @@ def dump(engine: str, python: str, out_dir: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("engine", choices=sorted(HELP))
+    ap.add_argument("engine", choices=sorted(HELP) + ["llamacpp"])
     ap.add_argument("--python", default=sys.executable, help="the Python the engine is installed in")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "profiles" / "flags")
+    ap.add_argument("--server", help="llamacpp: the llama-server binary (default: the one on PATH)")
     a = ap.parse_args(argv)
+    if a.engine == "llamacpp":       # a binary, not a Python package: its build and help from itself
+        from qwenplan.launch.llamacpp import dump as dump_llamacpp
+
+        print(dump_llamacpp(a.server, a.out))
+        return 0
     print(dump(a.engine, a.python, a.out))
     return 0
 

@@ -20,7 +20,11 @@ ORDER = ("served_model_name", "host", "port", "tensor_parallel", "pipeline_paral
          "expert_parallel", "max_model_len", "max_num_seqs", "max_num_batched_tokens", "kv_cache_dtype",
          "gpu_memory_utilization", "mem_fraction_static", "kv_cache_memory_bytes", "enforce_eager", "speculative",
          "mamba_cache_strategy", "expert_cache_size", "disable_vision", "hf_overrides", "reasoning_parser",
-         "tool_call_parser", "chat_template_kwargs", "load_format", "skip_tokenizer_init", "gdn_prefill_backend")
+         "tool_call_parser", "chat_template_kwargs", "load_format", "skip_tokenizer_init", "gdn_prefill_backend",
+         # llama.cpp (llama-server): the GGUF, then placement, cache, threads, behaviour
+         "hf_repo", "hf_file", "model_path", "mmproj", "ctx_size", "parallel", "n_gpu_layers", "n_cpu_moe",
+         "cache_type_k", "cache_type_v", "flash_attn", "threads", "ubatch_size", "load_mode", "fit",
+         "ctx_checkpoints", "cache_ram_mib", "jinja", "reasoning_format", "log_verbosity")
 
 
 # qwenplan's own option for a planned setting, named when an --extra-arg tries to set it.

@@ -111,6 +111,28 @@ def memory_table(plan) -> Table:
     return t
 
 
+def llamacpp_table(plan) -> Table:
+    """llama.cpp: what sits on the GPU and in host RAM, and the predicted decode speed."""
+    m = plan.memory
+    t = _table(f"Memory (GiB) and speed: ~{m['decode_tokens_per_s']} tokens/s for one sequence (predicted)")
+    for col in ("part", "GPU", "host RAM"):
+        t.add_column(col, justify="right" if col != "part" else "left")
+    gpu = bool(m["gpus"])
+    kv = m["kv_cache_bytes"]
+    rows = [("weights", m["gpu_weights_bytes"], m["host_weights_bytes"]),
+            ("  of which experts", None, m["host_expert_bytes"]),
+            ("KV cache + DeltaNet state", kv if gpu else 0, 0 if gpu else kv),
+            ("compute buffers", m["compute_gpu_bytes"], m["compute_host_bytes"]),
+            ("context checkpoints", 0, m["ctx_checkpoint_bytes"]),
+            ("prompt cache (--cache-ram)", 0, m["cache_ram_bytes"]),
+            ("total", m["gpu_total_bytes"], m["host_total_bytes"])]
+    for name, g, h in rows:
+        t.add_row(name, "-" if not g else f"{g / (1 << 30):.2f}", "-" if not h else f"{h / (1 << 30):.2f}")
+    if gpu:
+        t.add_row("GPU budget", f"{m['per_gpu_budget_bytes'] / (1 << 30):.2f}", "")
+    return t
+
+
 def _say(c: Console, text: str, indent: int = 0, markup: bool = False) -> None:
     """One logical line: wrapped under its indent on a terminal; never wrapped when piped."""
     if c.is_terminal:
@@ -167,6 +189,12 @@ def summary_lines(plan) -> list[str]:
         (f"KV cache:   ~{m['kv_cache_tokens']:,} tokens per rank; {m['full_length_seqs']} full-length "
          "request(s) at once per rank"),
     ]
+    if e.get("name") == "llamacpp":      # one GPU (or none) and host RAM, one predicted speed
+        gpu = (f"GPU {_gib(m['gpu_total_bytes'])} of a {_gib(m['per_gpu_budget_bytes'])} budget; " if m.get("gpus")
+               else "")
+        return lines + [f"memory:     GiB: {gpu}host RAM {_gib(m['host_total_bytes'])} "
+                        f"({_gib(m['host_expert_bytes'])} of it experts, --n-cpu-moe {s.get('n_cpu_moe')})",
+                        f"speed:      predicted ~{m['decode_tokens_per_s']:.0f} tokens/s for one sequence"]
     parts = [("weights", m.get("weights_bytes")), ("expert cache", m.get("expert_cache_bytes")),
              ("KV", m.get("kv_cache_bytes")), ("activations", m.get("activation_bytes")),
              ("non-torch", m.get("non_torch_bytes")), ("graphs", m.get("cudagraph_bytes"))]
@@ -256,7 +284,7 @@ def _details(c: Console, plan, hw) -> None:
         _say(c, d.reason, 4)
         _say(c, f"source: {d.source}", 4)
     c.print()
-    _block(c, memory_table(plan))
+    _block(c, llamacpp_table(plan) if plan.engine.get("name") == "llamacpp" else memory_table(plan))
     m = plan.memory
     _say(c, f"KV cache: {m['kv_bytes_per_token']:,} B/token, DeltaNet state {m['state_bytes_per_seq'] / (1 << 20):.1f} "
             f"MiB/sequence, attention block {m.get('block_size')} tokens; the pool of each rank holds "

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from . import disk, objective, offload, shm, speed
+from . import disk, llamacpp, objective, offload, shm, speed
 from .budget import SharedPool, shared_pool
 from .catalog import find_gpu, load_profile
 from .engines import Engine, check_version, get_engine, workarounds
@@ -229,6 +229,9 @@ def _support_problem(v: Variant, choice: EngineChoice, view: GpuView) -> str | N
     eng_cc = eng.min_compute_capability(choice.version)
     if eng_cc and view.cc < tuple(int(x) for x in eng_cc[0].split(".")):
         return f"{eng.name} {choice.version} needs compute capability {eng_cc[0]}+ (these GPUs: {view.cc_text})"
+    for bad in eng.raw.get("fails_on") or ():
+        if _cc_matches(view.cc, bad["compute_capability"]):
+            return f"{eng.name}: {bad['reason']} ({bad['source']})"
     return None
 
 
@@ -455,12 +458,13 @@ def make_plan(hw: Hardware, opts: PlanOptions = PlanOptions()) -> Plan:
     goal = goals()[opts.goal]
     ladder = _ladder(goal, opts, model)
     view, warnings = gpu_view(hw)
-    choices = engine_choices(hw, opts)
     plan = Plan(model=model.id, goal=opts.goal, status="infeasible", engine={}, variant={}, parallel={},
                 settings={}, memory={}, hardware=hw.to_dict())
     plan.warnings.extend(warnings)
-    if view is None:
-        return _no_gpu_plan(plan, hw, opts, choices)
+    if opts.engine == "llamacpp" or view is None:
+        return llamacpp.make_plan(hw, opts, model, plan, view, "asked for with --engine llamacpp"
+                                  if opts.engine == "llamacpp" else "no usable NVIDIA GPU here: llama.cpp runs on the CPU")
+    choices = engine_choices(hw, opts)
     pool = variants_of(model.id) if not variant_filter else (variant_filter,)
     options: list[Option] = []
     for v in pool:
@@ -491,6 +495,10 @@ def make_plan(hw: Hardware, opts: PlanOptions = PlanOptions()) -> Plan:
         if v.id in by_variant or any(r.variant == v.id for r in plan.rejected):
             continue
         plan.rejected.append(Rejected(v.id, _why_not(v, options, ladder, goal, opts, view)))
+    if (best is None or best.cand.engine == "vllm-offload") and opts.engine == "auto":
+        alt = llamacpp.instead(hw, opts, model, plan, view, best is not None)
+        if alt is not None:
+            return alt
     if best is None:
         return _infeasible(plan, opts, hw, ladder, options, view)
     alternatives = [o for vid, o in by_variant.items() if vid != best.cand.variant.id]

@@ -47,6 +47,33 @@ def parse_help(text: str) -> dict[str, tuple[str, ...] | None]:
     return out
 
 
+_LLAMA_CHOICES = re.compile(r"\[([A-Za-z0-9_.+-]+(?:\|[A-Za-z0-9_.+-]+)+)\]")
+_LLAMA_ALLOWED = re.compile(r"^\s+allowed values: (.+?)\s*$")
+
+
+def parse_llama_help(text: str) -> dict[str, tuple[str, ...] | None]:
+    """llama.cpp's `--help` (common/arg.cpp common_arg::to_string): an option starts at column 0
+    with its spellings and value hint, its help is indented 40 columns; choices are the
+    '[a|b|c]' of the hint or the help's 'allowed values: a, b, c' line."""
+    out: dict[str, tuple[str, ...] | None] = {}
+    current: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("-"):
+            # the help starts at column 40 after padding; a longer head has the line to itself
+            head = line[:40] if len(line) > 40 and line[37:40] == "   " else line
+            m = _LLAMA_CHOICES.search(head)
+            choices = tuple(m.group(1).split("|")) if m else None
+            current = _FLAG.findall(_LLAMA_CHOICES.sub("", head))
+            for flag in current:
+                out[flag] = choices
+            continue
+        m = _LLAMA_ALLOWED.match(line)
+        if m and current:
+            for flag in current:
+                out[flag] = tuple(v.strip() for v in m.group(1).split(",") if v.strip())
+    return out
+
+
 def render_flag_file(flags: dict[str, tuple[str, ...] | None], header: str) -> str:
     lines = [f"# {header}"]
     for flag in sorted(flags):
@@ -87,7 +114,7 @@ def versions_on_file(engine: str) -> list[str]:
     prefix = f"{engine}-"
     names = [p.name for p in resources.files("qwenplan.profiles").joinpath("flags").iterdir()]
     out = [n[len(prefix):-4] for n in names if n.startswith(prefix) and n.endswith(".txt")]
-    return sorted((v for v in out if v[:1].isdigit()), key=Version)
+    return sorted((v for v in out if v.lstrip("b")[:1].isdigit()), key=Version)
 
 
 @lru_cache(maxsize=None)

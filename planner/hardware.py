@@ -88,6 +88,8 @@ class Host:
     disk_path: str | None = None
     disk_free_bytes: int | None = None
     hf_cached_bytes: dict[str, int] = field(default_factory=dict)   # repo -> bytes already in the HF cache
+    cpu_physical_count: int | None = None     # physical cores: llama.cpp's threads
+    memory_bandwidth_gbs: float | None = None  # host RAM bandwidth, GB/s: llama.cpp reads experts there
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -126,6 +128,7 @@ class Hardware:
             "cgroup_memory_limit_bytes": h.cgroup_memory_limit_bytes, "swap_total_bytes": h.swap_total_bytes,
             "cpu_count": h.cpu_count, "shm_bytes": h.shm_bytes, "disk_path": h.disk_path,
             "disk_free_bytes": h.disk_free_bytes, "hf_cached_bytes": dict(h.hf_cached_bytes),
+            "cpu_physical_count": h.cpu_physical_count, "memory_bandwidth_gbs": h.memory_bandwidth_gbs,
         }
         host.update(h.extra)
         doc = {"schema": SCHEMA, "origin": self.origin, "gpus": gpus, "host": host,
@@ -140,7 +143,8 @@ _GPU_KEYS = {"index", "name", "uuid", "pci_bus_id", "memory_total_bytes", "memor
              "memory_reserved_bytes", "compute_capability", "mig", "mig_profile", "nvlink_peers",
              "nvml_index", "processes", "unified_memory"}
 _HOST_KEYS = {"ram_total_bytes", "ram_available_bytes", "cgroup_memory_limit_bytes", "swap_total_bytes",
-              "cpu_count", "shm_bytes", "disk_path", "disk_free_bytes", "hf_cached_bytes"}
+              "cpu_count", "shm_bytes", "disk_path", "disk_free_bytes", "hf_cached_bytes", "cpu_physical_count",
+              "memory_bandwidth_gbs"}
 _TOP_KEYS = {"schema", "origin", "gpus", "host", "driver", "engines", "notes", "cuda_visible_devices"}
 
 
@@ -275,6 +279,14 @@ def _valid_cc(cc: str) -> bool:
     return major.isdigit() and (not dot or minor.isdigit())
 
 
+def _bandwidth(r: "_Reader", value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 100000:
+        r.fail("host.memory_bandwidth_gbs", f"must be GB/s, a number above 0 (got {value!r})")
+    return float(value)
+
+
 def from_dict(doc: Any, label: str = "hardware document", lookup=None) -> Hardware:
     """Validate and read a hardware document. `lookup(name)` finds a GPU profile or None."""
     r = _Reader(label)
@@ -311,6 +323,8 @@ def from_dict(doc: Any, label: str = "hardware document", lookup=None) -> Hardwa
         shm_bytes=r.size(h, "shm_bytes", "host"), disk_path=r.text(h, "disk_path", "host"),
         disk_free_bytes=r.size(h, "disk_free_bytes", "host"),
         hf_cached_bytes=_cached(r, h.get("hf_cached_bytes")),
+        cpu_physical_count=r.integer(h, "cpu_physical_count", "host", minimum=1),
+        memory_bandwidth_gbs=_bandwidth(r, h.get("memory_bandwidth_gbs")),
         extra={k: v for k, v in h.items() if k not in _HOST_KEYS},
     )
     if host.ram_total_bytes is None and host.ram_available_bytes is not None:

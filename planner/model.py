@@ -133,6 +133,7 @@ class Tensor:
     shard: str = "col"
     layer: int | None = None
     part: str = "text"
+    sub: str = ""        # which projection within the class, where recipes treat it apart ('down')
 
     @property
     def params(self) -> int:
@@ -156,8 +157,8 @@ def _decoder_layer(s: Shape, kind: str, layer: int | None, part: str) -> list[Te
                 T("norm", s.lin_v_dim, 1, 1, "replicated")]
     i, si = s.moe_intermediate, s.shared_intermediate
     out += [T("router", s.experts, h, 1, "replicated"),
-            T("experts", i, h, 2 * s.experts, "expert"), T("experts", h, i, s.experts, "expert"),
-            T("shared_expert", si, h, 2), T("shared_expert", h, si, 1, "row"),
+            T("experts", i, h, 2 * s.experts, "expert"), T("experts", h, i, s.experts, "expert", sub="down"),
+            T("shared_expert", si, h, 2), T("shared_expert", h, si, 1, "row", sub="down"),
             T("shared_expert_gate", 1, h, 1, "replicated")]
     return out
 

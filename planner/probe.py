@@ -335,6 +335,7 @@ def _host(env: dict[str, str], sysroot: Path, notes: list[str]) -> Host:
         swap_total_bytes=int(psutil.swap_memory().total), cpu_count=psutil.cpu_count(logical=True),
         disk_path=str(cache),
     )
+    host.cpu_physical_count = psutil.cpu_count(logical=False)     # llama.cpp's threads: the physical cores
     for attr, path in (("shm_bytes", Path("/dev/shm")), ("disk_free_bytes", _existing(cache))):
         try:
             usage = psutil.disk_usage(str(path))

@@ -7,13 +7,14 @@ from functools import total_ordering
 
 from .errors import InputError
 
-_VERSION = re.compile(r"^v?(\d+(?:\.\d+)*)(?:[.-]?(a|b|rc|alpha|beta|c)(\d*))?(?:[.-]?post(\d*))?(?:[.-]?dev(\d*))?(?:\+.*)?$")
+_VERSION = re.compile(r"^[vb]?(\d+(?:\.\d+)*)(?:[.-]?(a|b|rc|alpha|beta|c)(\d*))?(?:[.-]?post(\d*))?(?:[.-]?dev(\d*))?(?:\+.*)?$")
 _PRE = {"a": 0, "alpha": 0, "b": 1, "beta": 1, "c": 2, "rc": 2}
 
 
 @total_ordering
 class Version:
-    """A release number as pip orders them (enough of PEP 440 for engine releases)."""
+    """A release number as pip orders them (enough of PEP 440 for engine releases); llama.cpp's
+    build tags (b11312) read as the build number."""
 
     def __init__(self, text: str):
         m = _VERSION.match(str(text).strip())

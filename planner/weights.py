@@ -25,12 +25,19 @@ class Format:
     scale_bytes: int = 0
     zero_bits: int = 0
     g_idx: bool = False              # GPTQ's int32 group index per input channel
+    ggml_block: tuple[int, int] | None = None  # GGUF: (weights per block along a row, bytes per block)
 
     def bytes(self, t: Tensor) -> int:
         n = t.params
-        if self.bits >= 16 or t.cls in UNQUANTIZED_CLASSES:
+        if self.bits >= 16:
+            return n * self.bits // 8
+        if t.cls in UNQUANTIZED_CLASSES:
             return n * 2
         rows, cols = (n, 1) if t.cls == "vision" else (t.rows * t.count, t.cols)
+        if self.ggml_block:
+            # ggml quantizes whole rows in blocks; a row shorter than a block would not load
+            weights, size = self.ggml_block
+            return rows * ceil_div(cols, weights) * size
         if self.block:
             scales = ceil_div(n, self.block[0] * self.block[1]) if cols == 1 else \
                 ceil_div(t.rows, self.block[0]) * ceil_div(cols, self.block[1]) * t.count
@@ -56,7 +63,8 @@ VISION_ROW = 1152
 def formats() -> dict[str, Format]:
     out = {}
     for fid, d in load_profile("formats.yaml")["formats"].items():
-        out[fid] = Format(id=fid, bits=d["bits"], group=d.get("group"),
+        block = tuple(d["ggml_block"]) if d.get("ggml_block") else None
+        out[fid] = Format(id=fid, bits=d.get("bits") or block[1] * 8 // block[0], group=d.get("group"), ggml_block=block,
                           block=tuple(d["block"]) if d.get("block") else None, scale_bytes=d.get("scale_bytes", 0),
                           zero_bits=d.get("zero_bits", 0), g_idx=bool(d.get("g_idx")))
     return out
@@ -91,7 +99,8 @@ class Recipe:
                 if t.layer in layers:
                     return table[fmt]
         rules = dict(self.classes)
-        for key in (f"{t.part}.{t.cls}", f"{t.part}.*" if t.part != "text" else None, t.cls):
+        sub = f"{t.cls}.{t.sub}" if t.sub else None   # e.g. experts.down: GGUF K-quant mixes keep it wider
+        for key in (f"{t.part}.{t.cls}", f"{t.part}.*" if t.part != "text" else None, sub, t.cls):
             if key and key in rules:
                 return table[rules[key]]
         return table[self.default]

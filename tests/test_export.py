@@ -91,6 +91,8 @@ def expected_words(plan: dict, argv: list[str]) -> list:
 def container_argv(plan: dict) -> list[str]:
     argv = list(plan["command"]["argv"])
     argv[0] = "python3" if argv[0].startswith("python") else argv[0].rsplit("/", 1)[-1]
+    if plan["engine"]["name"] == "llamacpp":
+        argv[0] = "/app/llama-server"        # the llama.cpp images' ENTRYPOINT (not on PATH)
     i = argv.index("--host")
     argv[i + 1] = "0.0.0.0"
     return argv
@@ -245,7 +247,7 @@ def fake_venv(tmp_path: Path) -> Path:
     """A venv whose programs exist (systemd-analyze verify checks ExecStart's executable)."""
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True, exist_ok=True)
-    for prog in ("vllm", "python3", "python", "ray"):
+    for prog in ("vllm", "python3", "python", "ray", "llama-server"):
         f = venv / "bin" / prog
         f.write_text("#!/bin/sh\nexit 0\n")
         f.chmod(0o755)
@@ -680,7 +682,7 @@ print(json.dumps({{"argv": sys.argv[1:], "env": {{k: os.environ.get(k) for k in 
 """
 
 
-def stub_bin(tmp_path: Path, names=("vllm", "python3", "ray")) -> Path:
+def stub_bin(tmp_path: Path, names=("vllm", "python3", "ray", "llama-server")) -> Path:
     """Programs that print their argv (and some env) as JSON instead of serving."""
     d = tmp_path / "stubbin"
     d.mkdir(exist_ok=True)

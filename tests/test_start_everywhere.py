@@ -190,7 +190,9 @@ def test_unknown_version_refuses_unknown_flags(capsys):
 
 # --- 8. plans nobody should run -------------------------------------------------------------
 
-@pytest.mark.parametrize("args", [("--gpu", "3060 12GB"), ("--gpu", "3060 12GB", "--ram", "8G")])
+# with --engine auto these boxes get llama.cpp, which keeps the experts in host RAM (issue 16)
+@pytest.mark.parametrize("args", [("--gpu", "3060 12GB", "--engine", "vllm-offload"),
+                                  ("--gpu", "3060 12GB", "--ram", "8G", "--engine", "vllm-offload")])
 def test_fork_with_few_experts_resident_is_infeasible_with_what_it_would_take(args):
     doc = plan_json(*args)
     assert doc["status"] == "infeasible"
@@ -202,7 +204,7 @@ def test_fork_with_few_experts_resident_is_infeasible_with_what_it_would_take(ar
 
 
 def test_a_16gb_card_gets_the_fork_with_enough_experts_resident():
-    doc = plan_json("--gpu", "RTX 4060 Ti 16GB", "--ram", "64G")
+    doc = plan_json("--gpu", "RTX 4060 Ti 16GB", "--ram", "64G", "--engine", "vllm-offload")   # auto: llama.cpp
     assert doc["engine"]["name"] == "vllm-offload" and "feat-ct-moe-wna16-marlin-offload" in doc["engine"]["install"]
     assert doc["settings"]["expert_cache_size"] >= 128 and doc["settings"]["enforce_eager"] is True
     argv, env = doc["command"]["argv"], doc["command"]["env"]
@@ -213,7 +215,7 @@ def test_a_16gb_card_gets_the_fork_with_enough_experts_resident():
 
 def test_busy_gpu_fork_says_free_the_gpu(replay):
     hw = replay("synthetic-4090-busy")
-    p = make_plan(hw, PlanOptions())
+    p = make_plan(hw, PlanOptions(engine="vllm-offload"))      # auto: llama.cpp beside the other processes
     # a 24 GB card with ~9.5 GiB free: the fork would keep 63 of 256 experts
     assert p.status == "infeasible"
     line = next(r for r in p.requirements if "expert-offload fork" in r)
@@ -227,7 +229,7 @@ def test_ten_gb_mig_slice_is_infeasible_and_says_a_bigger_profile(replay):
     g.update(name="NVIDIA A100-SXM4-40GB MIG 1g.10gb", mig_profile="1g.10gb", memory_total_bytes=10468982784,
              memory_free_bytes=10468982784 - 512 * (1 << 20))
     doc["gpus"] = [g]
-    p = make_plan(hardware.from_dict(doc, lookup=find_gpu), PlanOptions())
+    p = make_plan(hardware.from_dict(doc, lookup=find_gpu), PlanOptions(engine="vllm-offload"))   # auto: llama.cpp
     assert p.status == "infeasible"
     line = next(r for r in p.requirements if "expert-offload fork" in r)
     assert "a MIG profile with" in line and int(re.search(r"only (\d+) of 256", line).group(1)) < 128

@@ -411,14 +411,14 @@ def test_gptq_weight_bytes_are_its_on_disk_tensors():
 # --- planner/decide.py: the choices a user sees -------------------------------------------------------
 
 def test_a_busy_gpu_keeps_the_safety_margin_free(tmp_path, capsys):
-    """Bug: the busy-GPU budget ignores its safety margin. Other processes hold 4 GiB of a 4090:
+    """Bug: the busy-GPU budget ignores its safety margin. Other processes hold 10 GiB of an H100:
     the budget leaves the margin of profiles/memory.yaml free, and is the largest 0.01 step that does."""
-    total = 25757220864                                  # NVML's total of an RTX 4090
-    free = total - 4 * GiB
-    f = hardware_file(tmp_path, [{"index": 0, "name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9",
+    total = 85520809984                                  # NVML's total of an H100 80GB HBM3
+    free = total - 10 * GiB
+    f = hardware_file(tmp_path, [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
                                   "memory_total_bytes": total, "memory_free_bytes": free,
-                                  "memory_reserved_bytes": 0}], ram_total_bytes=64 * GiB)
-    doc = plan_json(capsys, "--hardware", f)
+                                  "memory_reserved_bytes": 0}], ram_total_bytes=256 * GiB)
+    doc = plan_json(capsys, "--hardware", f, "--engine", "vllm")
     margin = MEMORY["vllm"]["free_margin_bytes"]
     gmu = doc["settings"]["gpu_memory_utilization"]
     assert gmu == math.floor((free - margin) / total * 100) / 100
@@ -427,11 +427,11 @@ def test_a_busy_gpu_keeps_the_safety_margin_free(tmp_path, capsys):
 
 def test_fp8_kv_needs_compute_capability_8(capsys):
     """Bug: fp8 KV accepted below compute capability 8.0 (Turing has no FP8 KV kernels)."""
-    line = refused(capsys, "plan", "--gpu", "2080 Ti", "--kv-dtype", "fp8")
+    line = refused(capsys, "plan", "--gpu", "2080 Ti", "--gpus", "4", "--engine", "sglang", "--kv-dtype", "fp8")
     assert "compute capability 8.0" in line
     planned = []
     for n in ("1", "2", "4", "8"):
-        r = qwenplan(capsys, "plan", "--json", "--gpu", "2080 Ti", "--gpus", n)
+        r = qwenplan(capsys, "plan", "--json", "--gpu", "2080 Ti", "--gpus", n, "--engine", "sglang")
         assert r.code in (0, 3), r.err
         if r.code == 0:
             planned.append(json.loads(r.out)["settings"]["kv_cache_dtype"])

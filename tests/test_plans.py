@@ -175,3 +175,10 @@ def test_committed_example_plans_are_current():
         p = plan_for(f.stem)
         assert committed["status"] == p.status
         assert committed["settings"] == p.to_dict()["settings"], f.name
+
+
+def test_the_planner_itself_refuses_a_zero_concurrency():
+    """The CLI refuses --concurrency 0 first; the planner, called directly, refuses it too."""
+    from qwenplan.planner.errors import InputError
+    with pytest.raises(InputError, match="--concurrency 0"):
+        plan_for("h100-80gb", concurrency=0)

@@ -514,7 +514,7 @@ def _choose(found: list[Option], goal: dict, opts: PlanOptions, predictor: Predi
     """The goal's choice among options that meet its targets: by predicted speed, or by `prefer`
     with predicted speed as the last tie-break."""
     if goal.get("objective") == "speed":
-        return objective.pick(found, goal, predictor, lambda x: _key(x, goal))[0]
+        return objective.pick(found, goal, predictor, lambda x: _key(x, goal))
     conc = goal.get("concurrency", 1)
     return max(found, key=lambda x: _key(x, goal) + (round(predictor.burst(x.cand, conc).tokens_per_s, 1),))
 
@@ -809,6 +809,10 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
     plan.settings = settings
     plan.memory = _memory(o, view, plan)
     plan.performance = _performance(o, goal, predictor)
+    one = plan.performance["levels"]["c1"]
+    if goal.get("max_tpot_ms") and one["tpot_ms"] > goal["max_tpot_ms"]:
+        plan.warnings.append(f"predicted {one['tpot_ms']:.0f} ms per token for one request, slower than the "
+                             f"{opts.goal} goal's {goal['max_tpot_ms']} ms: nothing that fits here is faster")
     at_goal = plan.performance["levels"][f"c{plan.performance['goal_concurrency']}"]
     D(Decision("speed", f"{at_goal['tokens_per_s']:,.0f} tokens/s at {at_goal['concurrency']} concurrent requests", _speed_reason(o, alternatives, goal, predictor),
                "planner/speed.py; profiles/speed.yaml (constants, checked against benchmarks/gpu/results)"))

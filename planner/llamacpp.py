@@ -122,7 +122,7 @@ def decode_tokens_per_s(v: Variant, s: Split, gpu_name: str | None, host_bw_gbs:
     if gpu_name is None:
         k = speed.Constants.for_engine(ENGINE)
         m = speed.Machine("CPU", bandwidth=host / k.quantized_bandwidth_efficiency, bf16_flops=float("inf"),
-                          fp8_flops=None, link_bandwidth=1.0, link_latency=0.0, host_paging=host)
+                          link_bandwidth=1.0, link_latency=0.0, host_paging=host)
         step = replace(step, expert_bytes=s.experts_host, paged_expert_bytes=0)
     else:
         m = replace(speed.machine_for(gpu_name), host_paging=host)

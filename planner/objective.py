@@ -63,30 +63,29 @@ def over_tpot(j: Judged, goal: dict) -> bool:
     return bool(bound) and j.single.tpot_s * 1000 > bound
 
 
-def pick(found: list, goal: dict, predictor: Predictor, fallback_key) -> tuple[object | None, list[tuple[object, str]]]:
-    """The fastest of `found` within the quality window; (best, [(rejected option, why)])."""
+def pick(found: list, goal: dict, predictor: Predictor, fallback_key):
+    """The fastest of `found` within the quality window, or None when all are below the floor."""
     conc = goal["concurrency"]
     hard = [o for o in found if o.cand.engine != "vllm-offload"] or found
     graphs = [o for o in hard if not o.cand.eager] or hard
     # A halved prefill chunk is there to make room (planner/decide.py); keep the engine's own
     # chunk wherever the same candidate fits with it.
+    def same_but_chunk(o):
+        c = o.cand
+        return c.variant.id, c.engine, c.tp, c.pp, c.dp, c.kv_dtype, c.spec_tokens
     largest: dict[tuple, int] = {}
     for o in graphs:
-        k = (o.cand.variant.id, o.cand.engine, o.cand.tp, o.cand.pp, o.cand.dp, o.cand.kv_dtype, o.cand.spec_tokens)
-        largest[k] = max(largest.get(k, 0), o.cand.batched_tokens)
-    graphs = [o for o in graphs if o.cand.batched_tokens == largest[(o.cand.variant.id, o.cand.engine, o.cand.tp,
-                                                                     o.cand.pp, o.cand.dp, o.cand.kv_dtype,
-                                                                     o.cand.spec_tokens)]]
+        largest[same_but_chunk(o)] = max(largest.get(same_but_chunk(o), 0), o.cand.batched_tokens)
+    graphs = [o for o in graphs if o.cand.batched_tokens == largest[same_but_chunk(o)]]
     best_q = max(quality(o) for o in graphs)
     window = goal.get("quality_window", 0)
     near = [o for o in graphs if quality(o) >= best_q - window]
-    rejected, kept, slow = [], [], []
+    kept, slow = [], []
     for o in near:
         j = predictor.judge(o.cand, conc)
-        why = below_floor(j)
-        if why:
-            rejected.append((o, why))
-        elif over_tpot(j, goal):
+        if below_floor(j):
+            continue
+        if over_tpot(j, goal):
             slow.append(o)
         else:
             kept.append(o)
@@ -94,13 +93,12 @@ def pick(found: list, goal: dict, predictor: Predictor, fallback_key) -> tuple[o
     # above the floor is still a plan (the plan's warnings say it is slow).
     kept = kept or slow
     if not kept:
-        return None, rejected
+        return None
     # each quality point given up must buy `speed_per_quality_point` more predicted tokens/s
     per_point = goal.get("speed_per_quality_point", 0.0)
     def score(o):
         return round(predictor.judge(o.cand, conc).tokens_per_s * (1 - per_point * (best_q - quality(o))), 1)
-    best = max(kept, key=lambda o: (score(o), fallback_key(o)))
-    return best, rejected
+    return max(kept, key=lambda o: (score(o), fallback_key(o)))
 
 
 def knee_caps(limit: int, cap: int) -> list[int]:

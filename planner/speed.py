@@ -21,7 +21,7 @@ Pure and standard library only: planning stays fast (a few hundred microseconds 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 
 from .catalog import GPUProfile, find_gpu, gpus, load_profile
@@ -70,8 +70,7 @@ class Machine:
 
     name: str
     bandwidth: float          # bytes/s, peak
-    bf16_flops: float         # FLOP/s, dense peak
-    fp8_flops: float | None
+    bf16_flops: float         # FLOP/s, dense peak (FP8 weights compute at this rate too: step_time)
     link_bandwidth: float     # bytes/s one direction, to the other GPUs of the plan
     link_latency: float       # s per collective
     host_paging: float        # bytes/s for experts paged in from host memory (offload fork)
@@ -88,7 +87,7 @@ def _ops_per_byte(arch: str) -> float:
     return xs[len(xs) // 2]
 
 
-def machine_for(gpu: GPUProfile | str | None, *, nvlink: bool = False, gpus_in_plan: int = 1) -> Machine:
+def machine_for(gpu: GPUProfile | str | None, *, nvlink: bool = False) -> Machine:
     p = find_gpu(gpu) if isinstance(gpu, str) else gpu
     assumed = []
     if p is None:
@@ -103,10 +102,9 @@ def machine_for(gpu: GPUProfile | str | None, *, nvlink: bool = False, gpus_in_p
         flops = bw * _ops_per_byte(p.architecture)
         assumed.append(f"{p.label}: tensor throughput not profiled, {flops / 1e12:.0f} TFLOP/s from its bandwidth "
                        f"and other {p.architecture} GPUs")
-    fp8 = p.fp8_tflops * 1e12 if p.fp8_tflops else (2 * flops if p.fp8 else None)
     links = profile()["links"]
     link = links["nvlink"].get(p.architecture, links["nvlink"]["default"]) if nvlink else links["pcie"]
-    return Machine(name=p.label, bandwidth=bw, bf16_flops=flops, fp8_flops=fp8,
+    return Machine(name=p.label, bandwidth=bw, bf16_flops=flops,
                    link_bandwidth=link["bandwidth_gbs"] * 1e9, link_latency=link["latency_us"] * 1e-6,
                    host_paging=profile()["host"]["expert_paging_gbs"] * 1e9, assumed=tuple(assumed))
 
@@ -127,7 +125,6 @@ class Layout:
     max_seqs: int = 256
     batched_tokens: int = 8192
     expert_slots: int | None = None      # offload fork: experts per layer resident on the GPU
-    fp8_compute: bool = False            # the weights' matmuls run on FP8 tensor cores
     quantized: bool = False              # the weights are stored below 16 bits
 
 
@@ -361,14 +358,13 @@ def burst(sh: StepShape, m: Machine, k: Constants, lay: Layout, concurrency: int
                  tpot_s=tpot, seconds=end)
 
 
-def layout_of(cand, view_nvlink: bool = False) -> Layout:
+def layout_of(cand) -> Layout:
     """The speed model's view of a planner Candidate."""
     from .sizing import constants as memory_constants
     return Layout(tp=cand.tp, pp=cand.pp, dp=cand.dp,
                   experts_split_over_dp=bool(memory_constants(cand.family)["dp_shards_experts"]),
                   kv_dtype=cand.kv_dtype, spec_tokens=cand.spec_tokens, eager=cand.eager, max_seqs=cand.max_seqs,
                   batched_tokens=cand.batched_tokens, expert_slots=cand.expert_cache,
-                  fp8_compute=cand.variant.format.startswith("fp8"),
                   quantized=cand.variant.format not in ("bf16", "bfloat16"))
 
 
@@ -386,7 +382,3 @@ def predict(cand, machine: Machine, *, concurrencies=CONCURRENCIES, acceptance: 
     sh = step_shape(v.recipe, v.model.shape, v.model.vision_params, lay)
     a = acceptance_for(v)[0] if acceptance is None else acceptance
     return {c: burst(sh, machine, k, lay, c, acceptance=a if lay.spec_tokens else 0.0) for c in concurrencies}
-
-
-def with_constants(k: Constants, **changes) -> Constants:
-    return replace(k, **changes)

@@ -77,7 +77,7 @@ def predict(argv: list[str], log_text: str, gpu: str | None = None, nvlink: bool
         "block_size": s.layout.block_size,
     }
     if gpu:
-        machine = speed.machine_for(gpu, nvlink=nvlink, gpus_in_plan=cand.gpus)
+        machine = speed.machine_for(gpu, nvlink=nvlink)
         bursts = speed.predict(cand, machine, acceptance=served_acceptance(argv), constants=constants)
         predicted["tokens_per_s"] = {f"c{c}": b.tokens_per_s for c, b in bursts.items()}
         predicted["ttft_p50_s"] = {f"c{c}": b.ttft_s for c, b in bursts.items()}

@@ -5,6 +5,8 @@ sees half a file."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import stat
 from pathlib import Path
@@ -33,24 +35,50 @@ def read_regular(path: str | os.PathLike, limit: int) -> bytes:
     return data
 
 
-def write_atomic(path: str | os.PathLike, text: str, mode: int = 0o600) -> Path:
-    """Replace `path` with `text` (temporary file, fsync, rename); the folder must exist.
-    OSError (read-only folder, a file where the folder should be, a full disk) is the caller's."""
+def write_atomic(path: str | os.PathLike, text: str, mode: int = 0o600, *, overwrite: bool = True) -> Path:
+    """Write `text` to `path` through a temporary file in the same folder (fsync, rename), so no
+    reader ever sees half a file; the folder must exist. `mode` is the file's exact mode (0o600
+    for anything holding secrets). With overwrite=False an existing file, or one that appears
+    meanwhile, is never replaced: FileExistsError. Any other OSError (a read-only folder, a full
+    disk) is the caller's to word; nothing is left behind."""
     import tempfile  # only writers pay for it: reading a profile must stay quick
 
     p = Path(path)
+    if not overwrite and (p.exists() or p.is_symlink()):
+        raise FileExistsError(errno.EEXIST, "File exists", str(p))
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
-        os.replace(tmp, p)
+        if overwrite:
+            os.replace(tmp, p)
+        else:
+            _link_new(tmp, p)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
+    with contextlib.suppress(OSError):      # the rename itself durable
+        dfd = os.open(p.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
     return p
+
+
+def _link_new(tmp: str, p: Path) -> None:
+    """Put `tmp` at `p` only if nothing is there: a hard link is atomic and never clobbers."""
+    try:
+        os.link(tmp, p)
+    except FileExistsError:
+        raise
+    except OSError:                 # a filesystem without hard links
+        if p.exists() or p.is_symlink():
+            raise FileExistsError(errno.EEXIST, "File exists", str(p)) from None
+        os.replace(tmp, p)
+    else:
+        os.unlink(tmp)

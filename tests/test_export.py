@@ -15,6 +15,7 @@ import copy
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -25,6 +26,10 @@ import pytest
 import yaml
 
 from qwenplan.launch import export as ex
+from qwenplan.launch.export import compose as ex_compose
+from qwenplan.launch.export import k8s as ex_k8s
+from qwenplan.launch.export import systemd as ex_systemd
+from qwenplan.launch.export import view as ex_view
 from qwenplan.planner.errors import InfeasibleError, InputError
 from qwenplan.planner.flags import flag_set
 
@@ -669,7 +674,7 @@ def test_multinode_refuses_inconsistent_or_unknown(monkeypatch):
         ex.render_k8s(plan)
     real = flag_set("sglang", "0.5.23")
     fake = type(real)(real.engine, real.version, {k: v for k, v in real.flags.items() if k != "--dist-init-addr"})
-    monkeypatch.setattr(ex, "flag_set", lambda e, v: fake)
+    monkeypatch.setattr(ex_view, "flag_set", lambda e, v: fake)
     with pytest.raises(InputError, match="does not accept --dist-init-addr"):
         ex.render_k8s(load("sglang-2x4-multinode"))
 
@@ -891,21 +896,21 @@ def test_default_filenames():
 # --- the tests have teeth: a broken quoting rule fails them -------------------------------------
 
 def test_broken_systemd_escaping_is_caught(monkeypatch, tmp_path):
-    monkeypatch.setattr(ex, "_sd_pct", lambda s: s)
+    monkeypatch.setattr(ex_systemd, "_sd_pct", lambda s: s)
     plan = nasty(load("vllm-h100-fp8"))
     with pytest.raises(ValueError, match="specifier"):
         sd_exec(ex.render_systemd(plan, venv=str(fake_venv(tmp_path))))
 
 
 def test_broken_compose_escaping_is_caught(monkeypatch, tmp_path):
-    monkeypatch.setattr(ex, "_compose_escape", lambda o: o)
+    monkeypatch.setattr(ex_compose, "_compose_escape", lambda o: o)
     plan = nasty(load("vllm-h100-fp8"))
     svc = compose_unescape(yaml.safe_load(ex.render_compose(plan))["services"]["qwen"])
     assert svc["entrypoint"] + svc["command"] != container_argv(plan)
 
 
 def test_broken_k8s_escaping_is_caught(monkeypatch):
-    monkeypatch.setattr(ex, "_k8s_word", lambda w: w if isinstance(w, str) else f"$({w.name})")
+    monkeypatch.setattr(ex_k8s, "_k8s_word", lambda w: w if isinstance(w, str) else f"$({w.name})")
     plan = nasty(load("vllm-h100-fp8"))
     c = yaml.safe_load_all(ex.render_k8s(plan))
     dep = next(d for d in c if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
@@ -913,7 +918,7 @@ def test_broken_k8s_escaping_is_caught(monkeypatch):
 
 
 def test_broken_bash_quoting_is_caught(monkeypatch, tmp_path):
-    monkeypatch.setattr(ex.shlex, "quote", lambda s: s if s else "''")
+    monkeypatch.setattr(shlex, "quote", lambda s: s if s else "''")
     plan = nasty(load("vllm-h100-fp8"))
     r = run_script(tmp_path, ex.render_script(plan))
     assert r.returncode != 0 or json.loads(r.stdout)["argv"] != plan["command"]["argv"][1:]
@@ -941,7 +946,7 @@ def test_write_atomic_failure_leaves_nothing_half_written(tmp_path, monkeypatch)
     def boom(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ex.os, "fsync", boom)
+    monkeypatch.setattr(os, "fsync", boom)
     with pytest.raises(InputError, match="disk full"):       # one line for the user (issue 20)
         ex.write_atomic(f, "new\n" * 1000, force=True)
     assert f.read_text() == "old\n"

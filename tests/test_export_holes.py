@@ -17,6 +17,7 @@ import re
 import shlex
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -277,7 +278,7 @@ def test_output_on_a_full_or_read_only_filesystem(tmp_path, capsys, monkeypatch,
         raise OSError(err_no, os.strerror(err_no))
 
     mod, name = where.split(".")
-    monkeypatch.setattr(getattr(ex, mod), name, fail)
+    monkeypatch.setattr({"os": os, "tempfile": tempfile}[mod], name, fail)
     out = tmp_path / "compose.yaml"
     code, _, err = cli(capsys, "export", "compose", "--gpu", "H100", "-o", str(out))
     one_line_error(code, err, "cannot write", os.strerror(err_no))

@@ -1,0 +1,454 @@
+"""The plan as every export format sees it: argv words (literal, or read from the environment at
+start), env, secrets, host and port, GPUs, image, and what each node of a multi-node plan runs."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from qwenplan.launch.export.checks import MAX_ARG_CHARS, no_space, user_str
+from qwenplan.launch.safe_text import printable
+from qwenplan.planner.engines import get_engine
+from qwenplan.planner.errors import InfeasibleError, InputError
+from qwenplan.planner.flags import flag_set
+
+KINDS = ("systemd", "compose", "k8s", "script")
+
+HEALTH_PATH = "/health"
+START_ALLOWANCE_S = 30 * 60          # see the module docstring: download + 138 s load, with margin
+HF_CACHE_IN_CONTAINER = "/root/.cache/huggingface"   # both official images run as root
+SGLANG_DIST_PORT = 20000             # docs.sglang.io multi-node example: --dist-init-addr HOST:20000
+RAY_PORT = 6379
+ENV_FILE_NAME = "qwen.env"           # the secrets file compose reads beside compose.yaml, and its template
+VLLM_DP_RPC_PORT = 13345             # vLLM docs/serving/data_parallel_deployment.md multi-node example
+DEFAULT_SHM = "15Gi"                 # vLLM's LWS example: /dev/shm emptyDir, medium Memory, sizeLimit 15Gi
+
+# HF_TOKEN, HUGGING_FACE_HUB_TOKEN, VLLM_API_KEY, ... but not TOKENIZERS_PARALLELISM or *_MAX_TOKENS
+_SECRET_LIKE = re.compile(r"(^|_)(TOKEN|API_KEY|APIKEY|SECRET|SECRET_KEY|PASSWORD|PASSWD)$", re.I)
+_SECRET_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+# --- words: literal strings, or values read from the environment at start ----------------------
+
+@dataclass(frozen=True)
+class EnvRef:
+    """One argv word whose value is prefix + $name + suffix, expanded when the service starts."""
+
+    name: str
+    prefix: str = ""
+    suffix: str = ""
+
+    def wrap(self, prefix: str = "", suffix: str = "") -> "EnvRef":
+        return EnvRef(self.name, prefix + self.prefix, self.suffix + suffix)
+
+
+Word = Union[str, EnvRef]
+
+
+def cat(prefix: str, word: Word | int, suffix: str = "") -> Word:
+    if isinstance(word, EnvRef):
+        return word.wrap(prefix, suffix)
+    return f"{prefix}{word}{suffix}"
+
+
+# --- the plan, as the exporters see it ---------------------------------------------------------
+
+@dataclass
+class View:
+    plan: dict
+    engine: str
+    version: str
+    argv: list[Word]
+    env: dict[str, str]
+    secrets: list[str]
+    host: str
+    port: int
+    slug: str
+    title: str
+    nodes: int
+    tensor: int
+    pipeline: int
+    data: int
+    gpus: int                      # per node
+    gpu_ids: list
+    gpu_uuids: list
+    image: str | None
+    install: str | None
+
+
+def _as_dict(plan: Any) -> dict:
+    if hasattr(plan, "to_dict"):
+        plan = plan.to_dict()
+    if not isinstance(plan, dict):
+        raise InputError("the plan is not a plan document", "pass the output of `qwenplan plan --json`")
+    return plan
+
+
+def slug(text: str, limit: int = 50) -> str:
+    """A DNS-1035 label (Kubernetes Service names, unit names): a-z, 0-9, '-', starts with a letter."""
+    s = re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-")
+    if not s or not s[0].isalpha():
+        s = "q-" + s
+    return s[:limit].rstrip("-")
+
+
+def _flag_index(argv: list[Word], names: tuple[str, ...]) -> int | None:
+    for i, w in enumerate(argv):
+        if isinstance(w, str) and (w in names or any(w.startswith(n + "=") for n in names)):
+            return i
+    return None
+
+
+def _flag_value(argv: list[Word], names: tuple[str, ...]) -> Word | None:
+    i = _flag_index(argv, names)
+    if i is None:
+        return None
+    w = argv[i]
+    if isinstance(w, str) and "=" in w and w.split("=", 1)[0] in names:
+        return w.split("=", 1)[1]
+    return argv[i + 1] if i + 1 < len(argv) else None
+
+
+def _set_flag(argv: list[Word], names: tuple[str, ...], value: Word) -> list[Word]:
+    """Replace the flag's value (both `--f v` and `--f=v` forms), or append `names[0] value`."""
+    out = list(argv)
+    i = _flag_index(out, names)
+    if i is None:
+        return out + [names[0], value]
+    w = out[i]
+    if isinstance(w, str) and "=" in w and w.split("=", 1)[0] in names:
+        out[i] = cat(w.split("=", 1)[0] + "=", value)
+    elif i + 1 < len(out):
+        out[i + 1] = value
+    else:
+        out.append(value)
+    return out
+
+
+def _secret_words(argv: list[str], secrets: list[str]) -> list[Word]:
+    """`${NAME}` inside an argv word, for a NAME listed as a secret, becomes an EnvRef."""
+    out: list[Word] = []
+    for w in argv:
+        refs = [m for m in _SECRET_REF.finditer(w) if m.group(1) in secrets]
+        if not refs:
+            out.append(w)
+            continue
+        if len(refs) > 1:
+            raise InputError(f"the argv word {w!r} names more than one secret", "give each secret its own word")
+        m = refs[0]
+        out.append(EnvRef(m.group(1), w[:m.start()], w[m.end():]))
+    return out
+
+
+def plan_view(plan: Any) -> View:
+    p = _as_dict(plan)
+    if p.get("status", "ok") != "ok":
+        reqs = "; ".join(p.get("requirements") or []) or "change the hardware or the pins until `qwenplan plan` finds one"
+        raise InfeasibleError("the plan is infeasible, so there is nothing to export", reqs)
+    engine = p.get("engine") or {}
+    command = p.get("command") or {}
+    settings = p.get("settings") or {}
+    parallel = p.get("parallel") or {}
+    variant = p.get("variant") or {}
+    argv = command.get("argv") or []
+    if not argv or not all(isinstance(a, str) for a in argv):
+        raise InputError("the plan has no engine command (command.argv)", "export a plan made by `qwenplan plan --json`")
+    if not engine.get("name") or not engine.get("version"):
+        raise InputError("the plan names no engine and version", "export a plan made by `qwenplan plan --json`")
+    long = next((a for a in argv if len(a) > MAX_ARG_CHARS), None)
+    if long is not None:
+        raise InputError(f"an engine argument is {len(long):,} characters long ({printable(long[:40])}...)",
+                         f"keep each argument (a served name, an --extra-arg) under {MAX_ARG_CHARS:,} characters")
+
+    secrets: list[str] = []
+    for name in list(command.get("secret_env") or []) + [settings.get("api_key_env")]:
+        if name and name not in secrets:
+            if not _ENV_NAME.match(str(name)):
+                raise InputError(f"secret name {name!r} is not an environment variable name", "use letters, digits and _")
+            secrets.append(str(name))
+    env: dict[str, str] = {}
+    for k, v in (command.get("env") or {}).items():
+        k = str(k)
+        if not _ENV_NAME.match(k):
+            raise InputError(f"environment variable name {k!r} in the plan is not valid", "use letters, digits and _")
+        if k in secrets:
+            continue
+        if _SECRET_LIKE.search(k):      # never inline anything that looks like a credential
+            secrets.append(k)
+            continue
+        env[k] = "" if v is None else str(v)
+
+    words = _secret_words(argv, secrets)
+    port_w = _flag_value(words, ("--port",))
+    port = settings.get("port") or (int(port_w) if isinstance(port_w, str) and port_w.isdigit() else 8000)
+    host_w = _flag_value(words, ("--host",))
+    host = settings.get("host") or (host_w if isinstance(host_w, str) else None) or "127.0.0.1"
+    no_space(user_str(host, "--host"), "--host", "an address")
+
+    tensor = int(parallel.get("tensor") or 1)
+    pipeline = int(parallel.get("pipeline") or 1)
+    data = int(parallel.get("data") or 1)
+    nodes = int(parallel.get("nodes") or 1)
+    gpu_ids = list(parallel.get("gpu_ids") or [])
+    gpu_uuids = [u for u in (parallel.get("gpu_uuids") or []) if u]
+    gpus = tensor * pipeline * data
+    if nodes > 1:
+        if data == 1 and pipeline != nodes:
+            raise InputError(f"the plan spans {nodes} nodes with pipeline={pipeline}, data={data}",
+                             "multi-node exports need tensor parallel within a node and pipeline parallel "
+                             "across nodes (pipeline == nodes), or data parallel ranks split over the nodes")
+        if data > 1 and data % nodes:
+            raise InputError(f"the plan's {data} data-parallel ranks do not split evenly over {nodes} nodes "
+                             "(vLLM places whole ranks on a node)",
+                             f"plan for a node count that divides {data}, or --goal long-context "
+                             "(tensor parallel within a node, pipeline parallel across nodes)")
+        gpus = gpus // nodes   # per node
+    elif gpu_ids:
+        gpus = len(gpu_ids)
+    elif engine.get("name") == "llamacpp":
+        gpus = 0        # a llama.cpp plan without GPU ids runs on the CPU
+
+    served = variant.get("served_model_name") or p.get("model") or "qwen3.6-35b-a3b"
+    title = f"{variant.get('repo') or served} on {engine['name']} {engine['version']}"
+    return View(plan=p, engine=str(engine["name"]), version=str(engine["version"]), argv=words, env=env,
+                 secrets=secrets, host=str(host), port=int(port), slug=slug(served), title=title, nodes=nodes,
+                 tensor=tensor, pipeline=pipeline, data=data, gpus=gpus, gpu_ids=gpu_ids, gpu_uuids=gpu_uuids,
+                 image=engine.get("image"), install=engine.get("install"))
+
+
+# --- flags the exporters add: only ones the target version accepts ------------------------------
+
+def check_flags(v: View, flags: list[str], choices: dict[str, str] | None = None) -> None:
+    fs = flag_set(v.engine, v.version)
+    if fs is None:
+        raise InputError(f"there is no flag list on file for {v.engine} {v.version}, so the flags "
+                         f"{', '.join(flags)} cannot be checked",
+                         "plan for an engine version in profiles/flags/ (e.g. --engine-version 0.32.0)")
+    missing = [f for f in flags if not fs.accepts(f)]
+    if missing:
+        raise InputError(f"{v.engine} {v.version} does not accept {', '.join(missing)}",
+                         "plan for an engine version that has them")
+    for flag, value in (choices or {}).items():
+        allowed = fs.choices(flag)
+        if allowed is not None and value not in allowed:
+            raise InputError(f"{v.engine} {v.version} does not accept {flag} {value}",
+                             f"its choices are {', '.join(allowed)}")
+
+
+def _ensure_parallel(v: View, argv: list[Word], names: tuple[str, ...], value: int) -> list[Word]:
+    """The parallel size flag must say `value`; add it when the argv leaves it to the default."""
+    current = _flag_value(argv, names)
+    if current is None:
+        check_flags(v, [names[0]])
+        return _set_flag(argv, names, str(value))
+    if str(current) != str(value):
+        raise InputError(f"the plan's command has {names[0]} {current} but its parallel section says {value}",
+                         "re-run `qwenplan plan`: the command and the plan disagree")
+    return argv
+
+
+# --- multi-node: the engines' own way -----------------------------------------------------------
+
+@dataclass
+class NodeLaunch:
+    """What one node runs: `pre` commands first (Ray), then `argv` in the foreground."""
+
+    role: str                      # "head" or "worker"
+    argv: list[Word]
+    pre: list[list[Word]] = field(default_factory=list)
+    wait_for_nodes: int = 0        # Ray head: wait until this many nodes joined before argv
+    serves_http: bool = True
+    # vLLM multi-node DP with the rank in a variable: the shell first sets
+    # QWENPLAN_DP_START_RANK=$((variable * ranks_per_node)), which argv reads
+    dp_start: tuple[str, int] | None = None
+
+
+DP_START_VAR = "QWENPLAN_DP_START_RANK"
+
+
+def dp_start_shell(n: NodeLaunch) -> str:
+    """The shell assignment a NodeLaunch with `dp_start` needs before its argv ('' if none)."""
+    if n.dp_start is None:
+        return ""
+    var, per_node = n.dp_start
+    return f"{DP_START_VAR}=$(({var} * {per_node}))"
+
+
+def node_launch(plan: Any, *, node_rank: int, head_addr: Word, backend: str = "mp",
+                rank_word: Word | None = None, container: bool = False) -> NodeLaunch:
+    """The command node `node_rank` of a multi-node plan runs (rank 0 is the head).
+
+    `head_addr` is the head's address (a string, or an EnvRef such as LWS_LEADER_ADDRESS);
+    `rank_word` is what to write for the rank (default: the number), e.g. EnvRef("LWS_WORKER_INDEX").
+    vLLM: backend "mp" (default; --nnodes/--node-rank/--master-addr, workers --headless) or "ray";
+    SGLang: its own --nnodes/--node-rank/--dist-init-addr.
+    """
+    v = plan_view(plan)
+    return node_launch_of(v, node_rank=node_rank, head_addr=head_addr, backend=backend, rank_word=rank_word,
+                        argv=container_argv(v, v.argv) if container else v.argv)
+
+
+def node_launch_of(v: View, *, node_rank: int, head_addr: Word, backend: str, rank_word: Word | None,
+                 argv: list[Word]) -> NodeLaunch:
+    if v.nodes < 2:
+        raise InputError("the plan runs on one node", "export it without a node rank")
+    if not 0 <= node_rank < v.nodes:
+        raise InputError(f"node rank {node_rank} is outside 0..{v.nodes - 1}", f"give a rank from 0 to {v.nodes - 1}")
+    if isinstance(head_addr, str) and not head_addr.strip():
+        raise InputError("the head node's address is empty", "give the head node's IP address or DNS name")
+    rank: Word = rank_word if rank_word is not None else str(node_rank)
+    role = "head" if node_rank == 0 else "worker"
+    argv = list(argv)
+
+    if v.engine == "vllm":
+        argv = _ensure_parallel(v, argv, ("--tensor-parallel-size", "-tp"), v.tensor)
+        argv = _ensure_parallel(v, argv, ("--pipeline-parallel-size", "-pp"), v.pipeline)
+        if v.data > 1:
+            return _vllm_dp_launch(v, argv, role, node_rank, head_addr, backend, rank_word)
+        if backend == "mp":
+            flags = ["--distributed-executor-backend", "--nnodes", "--node-rank", "--master-addr"]
+            if role == "worker":
+                flags.append("--headless")
+            check_flags(v, flags, {"--distributed-executor-backend": "mp"})
+            argv = argv + ["--distributed-executor-backend", "mp", "--nnodes", str(v.nodes),
+                           "--node-rank", rank, "--master-addr", head_addr]
+            if role == "worker":
+                return NodeLaunch(role, argv + ["--headless"], serves_http=False)
+            return NodeLaunch(role, argv)
+        if backend == "ray":
+            check_flags(v, ["--distributed-executor-backend"], {"--distributed-executor-backend": "ray"})
+            if role == "worker":
+                return NodeLaunch(role, ["ray", "start", cat("--address=", head_addr, f":{RAY_PORT}"), "--block"],
+                                  serves_http=False)
+            return NodeLaunch(role, argv + ["--distributed-executor-backend", "ray"],
+                              pre=[["ray", "start", "--head", f"--port={RAY_PORT}"]], wait_for_nodes=v.nodes)
+        raise InputError(f"unknown multi-node backend {backend!r}", "use mp (vLLM's default) or ray")
+    if v.engine == "sglang":
+        if v.data > 1:
+            raise InputError(f"SGLang refuses data parallel ({v.data} ranks) across nodes without DP attention "
+                             "(its check_server_args)",
+                             "plan with --engine vllm, or --goal long-context (tensor parallel within a node, "
+                             "pipeline parallel across nodes)")
+        if backend not in ("mp", "native", None):
+            raise InputError(f"SGLang has no {backend} backend", "SGLang spans nodes with its own --nnodes/--dist-init-addr")
+        argv = _ensure_parallel(v, argv, ("--tp-size", "--tensor-parallel-size"), v.tensor)
+        argv = _ensure_parallel(v, argv, ("--pp-size", "--pipeline-parallel-size"), v.nodes)
+        check_flags(v, ["--nnodes", "--node-rank", "--dist-init-addr"])
+        argv = argv + ["--nnodes", str(v.nodes), "--node-rank", rank,
+                       "--dist-init-addr", cat("", head_addr, f":{SGLANG_DIST_PORT}")]
+        return NodeLaunch(role, argv, serves_http=role == "head")
+    raise InputError(f"{v.engine} has no multi-node launch qwenplan knows", "plan a single node for it")
+
+
+def _vllm_dp_launch(v: View, argv: list[Word], role: str, node_rank: int, head_addr: Word, backend: str,
+                    rank_word: Word | None) -> NodeLaunch:
+    """vLLM's multi-node data parallel: ranks_per_node whole DP ranks on each node (module docstring)."""
+    if backend != "mp":
+        raise InputError("a multi-node data-parallel plan is exported with vLLM's own DP launcher",
+                         "use backend mp")
+    argv = _ensure_parallel(v, argv, ("--data-parallel-size", "-dp"), v.data)
+    per_node = v.data // v.nodes
+    flags = ["--data-parallel-size-local", "--data-parallel-address", "--data-parallel-rpc-port"]
+    if role == "worker":
+        flags += ["--headless", "--data-parallel-start-rank"]
+    check_flags(v, flags)
+    tail: list[Word] = ["--data-parallel-size-local", str(per_node), "--data-parallel-address", head_addr,
+                        "--data-parallel-rpc-port", str(VLLM_DP_RPC_PORT)]
+    if role == "head":
+        return NodeLaunch(role, argv + tail)
+    dp_start = None
+    if isinstance(rank_word, EnvRef):
+        start: Word = EnvRef(DP_START_VAR)
+        dp_start = (rank_word.name, per_node)
+    else:
+        start = str(int(rank_word if rank_word is not None else node_rank) * per_node)
+    return NodeLaunch(role, argv + ["--headless"] + tail + ["--data-parallel-start-rank", start],
+                      serves_http=False, dp_start=dp_start)
+
+
+def multinode_summary(v: View) -> str:
+    """How the plan's ranks sit on the nodes, in one sentence for the export's header."""
+    if v.data == 1:
+        return (f"tensor parallel {v.tensor} within a node, pipeline parallel {v.nodes} across nodes")
+    return (f"{v.data} data-parallel ranks, {v.data // v.nodes} on each node (vLLM's multi-node data parallel); "
+            f"each rank's pipeline parallel {v.pipeline} x tensor parallel {v.tensor} stays on its node, the "
+            f"expert layers are shared by all {v.data} ranks across the nodes (same memory per GPU as planned; "
+            "a fast interconnect matters)")
+
+
+# --- containers ---------------------------------------------------------------------------------
+
+def container_program(prog: Word) -> Word:
+    if not isinstance(prog, str):
+        return prog
+    base = prog.rsplit("/", 1)[-1]
+    return "python3" if re.fullmatch(r"python(3(\.\d+)?)?", base) else base
+
+
+def container_argv(v: View, argv: list[Word]) -> list[Word]:
+    """The image's program instead of a host path, and --host 0.0.0.0 inside the container."""
+    out = list(argv)
+    # llama.cpp's images keep llama-server at /app (their ENTRYPOINT), not on PATH
+    out[0] = (get_engine(v.engine).raw.get("image_entrypoint") or [container_program(out[0])])[0]
+    fs = flag_set(v.engine, v.version)
+    if fs is not None and not fs.accepts("--host"):
+        raise InputError(f"{v.engine} {v.version} has no --host flag", "plan for a version that has it")
+    return _set_flag(out, ("--host",), "0.0.0.0")
+
+
+def engine_image(plan: Any, image: str | None = None) -> str:
+    """The image a container export runs: `image` if given, else the plan's, else the official tag."""
+    v = plan_view(plan)
+    return image_for(v, image)
+
+
+# distribution/reference's grammar (github.com/distribution/reference, reference.go): the images
+# docker, containerd and the kubelet pull
+_IMAGE_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*" \
+                r"|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+_IMAGE_REF = re.compile(rf"(?:{_IMAGE_DOMAIN}/)?{_IMAGE_PATH}(?:/{_IMAGE_PATH})*(?::[\w][\w.-]{{0,127}})?"
+                        r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
+
+
+def image_for(v: View, image: str | None) -> str:
+    if image is not None:
+        user_str(image, "--image")
+        if len(image) > 255 or not _IMAGE_REF.fullmatch(image):
+            raise InputError(f"--image {printable(image)!r} is not an image reference",
+                             "give one like registry.example/team/vllm-offload:0.19.1 (lower-case name, optional tag)")
+        return image
+    if v.image:
+        return v.image
+    if v.engine == "vllm":
+        return f"vllm/vllm-openai:v{v.version}"
+    if v.engine == "sglang":
+        return f"lmsysorg/sglang:v{v.version}"
+    eng = v.plan.get("engine") or {}
+    base_img = eng.get("base_image") or (f"vllm/vllm-openai:v{eng['base_version']}" if eng.get("base_version")
+                                         else "the official vllm/vllm-openai image of its base version")
+    raise InputError(f"{v.engine} {v.version} has no published container image",
+                     f"build one FROM {base_img} that runs `{v.install or 'the engine install command'}`, push it, "
+                     "and export with --image NAME:TAG")
+
+
+def gpu_device_ids(v: View) -> list[str]:
+    if v.gpu_uuids and len(v.gpu_uuids) == len(v.gpu_ids or v.gpu_uuids) and all(
+            str(u).startswith(("GPU-", "MIG-")) for u in v.gpu_uuids):
+        return [str(u) for u in v.gpu_uuids]
+    if v.gpu_ids:
+        return [str(i) for i in v.gpu_ids]
+    return [str(i) for i in range(v.gpus)]
+
+
+def container_env(v: View) -> dict[str, str]:
+    return {k: val for k, val in v.env.items() if k != "CUDA_VISIBLE_DEVICES"}
+
+
+def gpu_summary(v: View) -> str:
+    if v.nodes > 1:
+        return f"{v.nodes} nodes x {v.gpus}"
+    ids = ",".join(map(str, v.gpu_ids)) if v.gpu_ids else "?"
+    return f"{v.gpus} (ids {ids})"

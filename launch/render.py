@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import dataclass
 from typing import Any
 
 from qwenplan.planner.engines import get_engine, pick
 from qwenplan.planner.errors import InputError
 from qwenplan.planner.flags import flag_set
+from qwenplan.planner.versions import in_range
 
 # The order flags appear in: what is served and where first, then capacity, then behaviour.
 ORDER = ("served_model_name", "host", "port", "tensor_parallel", "pipeline_parallel", "data_parallel",
@@ -39,6 +41,82 @@ SECRET_FLAGS = ("--api-key", "--admin-api-key", "--hf-token")
 
 class RenderError(InputError):
     pass
+
+
+# qwenplan's own variable: a node's first data-parallel rank, computed by the node's shell when
+# the rank itself is read at start (Kubernetes' LWS_WORKER_INDEX, a script's QWENPLAN_NODE_RANK)
+DP_START_VAR = "QWENPLAN_DP_START_RANK"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a command runs. The default: this machine, one node. `head_addr` and `rank_ref` may
+    be `${NAME}` words, read from the environment when the service starts."""
+
+    nodes: int = 1
+    node_rank: int = 0                 # 0 = the head, the node that serves HTTP
+    head_addr: str | None = None
+    rank_ref: str | None = None        # spelled in place of node_rank (e.g. ${LWS_WORKER_INDEX})
+    container: bool = False
+    backend: str = "mp"                # vLLM across nodes: its multiprocessing, or a Ray cluster
+
+    @property
+    def role(self) -> str:
+        return "head" if self.node_rank == 0 else "worker"
+
+
+LOCAL = Target()
+CONTAINER_HOST = "0.0.0.0"   # policy: in a container the engine listens on every interface; the runtime publishes
+
+
+@dataclass(frozen=True)
+class TargetLaunch:
+    """What a target adds to the plan's command: engine words after it, commands before it (Ray),
+    or, for a Ray worker, a command in its place."""
+
+    args: tuple[str, ...] = ()
+    pre: tuple[tuple[str, ...], ...] = ()
+    command: tuple[str, ...] | None = None
+    wait_for_nodes: int = 0
+    serves_http: bool = True
+
+
+def target_launch(engine_id: str, version: str, parallel: dict, target: Target) -> TargetLaunch:
+    """The words a multi-node target adds, spelled by profiles/engines.yaml `target_args` and
+    checked against the version's flag file (which must exist: they cannot go unchecked)."""
+    if target.nodes < 2:
+        return TargetLaunch()
+    engine = get_engine(engine_id)
+    data = int(parallel.get("data") or 1)
+    section = "multi_node_data_parallel" if data > 1 else "multi_node"
+    entries = (engine.raw.get("target_args") or {}).get(section)
+    if not entries:
+        raise RenderError(f"{engine_id} has no multi-node launch qwenplan knows", "plan a single node for it")
+    e = next((x for x in entries if in_range(version, x.get("versions"))
+              and ("refuse" in x or target.backend in x.get("backends", ()))), None)
+    if e is None:
+        raise RenderError(f"{engine.name} has no {target.backend} backend for a multi-node"
+                          + (" data-parallel" if data > 1 else "") + " plan",
+                          f"use one of: {', '.join(b for x in entries for b in x.get('backends', ()))}")
+    if "refuse" in e:
+        raise RenderError(e["refuse"].format(data=data), e["fix"])
+    per_node = data // target.nodes
+    rank = target.rank_ref or str(target.node_rank)
+    fields = {"nodes": target.nodes, "node_rank": rank, "head_addr": target.head_addr, "ranks_per_node": per_node,
+              "dp_start_rank": f"${{{DP_START_VAR}}}" if target.rank_ref else str(target.node_rank * per_node)}
+    fill = lambda items: tuple(str(t).format(**fields) for t in items)  # noqa: E731
+    if target.role == "worker" and "worker_command" in e:
+        return TargetLaunch(command=fill(e["worker_command"]), serves_http=False)
+    args = fill(e[target.role] if target.role in e else e["head"])
+    if flag_set(engine_id, version) is None:
+        raise RenderError(f"there is no flag list on file for {engine_id} {version}, so the flags "
+                          f"{', '.join(a for a in args if a.startswith('-'))} cannot be checked",
+                          "plan for an engine version in profiles/flags/ (e.g. --engine-version 0.32.0)")
+    check_flags(engine_id, version, list(args))
+    head = target.role == "head"
+    return TargetLaunch(args=args, pre=tuple(fill(c) for c in e.get("head_pre") or ()) if head else (),
+                        wait_for_nodes=target.nodes if head and e.get("head_pre") else 0,
+                        serves_http=head)
 
 
 def _fill(template: str, value: Any, settings: dict) -> str:
@@ -148,8 +226,9 @@ def check_flags(engine_id: str, version: str, args: list[str]) -> str | None:
     return fs.version
 
 
-def render(plan: dict, extra_args: tuple[str, ...] = ()) -> dict:
-    """{'argv', 'env', 'secret_env', 'secret_args', 'shell', 'flags_checked_against'} for a plan document."""
+def render(plan: dict, extra_args: tuple[str, ...] = (), target: Target = LOCAL) -> dict:
+    """{'argv', 'env', 'secret_env', 'secret_args', 'shell', 'flags_checked_against'} for a plan document,
+    where `target` runs it (default: this machine, one node)."""
     if plan.get("status") != "ok":
         raise RenderError("this plan is infeasible and has no command", "see its requirements (qwenplan explain)")
     eng_doc, settings = plan["engine"], plan["settings"]
@@ -158,12 +237,15 @@ def render(plan: dict, extra_args: tuple[str, ...] = ()) -> dict:
     argv = [t.format(model=settings["model"]) for t in engine.entry_argv(version)]
     args: list[str] = []
     left_out = set(tokenizer_settings(engine.id, version)) if settings.get("skip_tokenizer_init") else set()
+    here = {**settings, "host": CONTAINER_HOST} if target.container and settings.get("host") else settings
     for key in ORDER:
         if key not in left_out:
-            args += spell(engine.id, version, key, settings.get(key), settings)
+            args += spell(engine.id, version, key, here.get(key), here)
     args += list(settings.get("extra_args") or ())
     check_extra_args(engine.id, version, settings, extra_args)
     args += list(extra_args)
+    launch = target_launch(engine.id, version, plan["parallel"], target)
+    args += list(launch.args)
     checked = check_flags(engine.id, version, args)
     env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"} if plan["parallel"].get("gpu_ids") else {}
     gpus = _visible_devices(plan["parallel"], engine.device_ids(version))

@@ -29,7 +29,7 @@ from qwenplan.launch import export as ex
 from qwenplan.launch.export import compose as ex_compose
 from qwenplan.launch.export import k8s as ex_k8s
 from qwenplan.launch.export import systemd as ex_systemd
-from qwenplan.launch.export import view as ex_view
+from qwenplan.launch import render as render_mod
 from qwenplan.planner.errors import InfeasibleError, InputError
 from qwenplan.planner.flags import flag_set
 
@@ -674,7 +674,7 @@ def test_multinode_refuses_inconsistent_or_unknown(monkeypatch):
         ex.render_k8s(plan)
     real = flag_set("sglang", "0.5.23")
     fake = type(real)(real.engine, real.version, {k: v for k, v in real.flags.items() if k != "--dist-init-addr"})
-    monkeypatch.setattr(ex_view, "flag_set", lambda e, v: fake)
+    monkeypatch.setattr(render_mod, "flag_set", lambda e, v: fake)
     with pytest.raises(InputError, match="does not accept --dist-init-addr"):
         ex.render_k8s(load("sglang-2x4-multinode"))
 
@@ -1005,3 +1005,16 @@ def test_examples_are_current_and_valid(tmp_path):
             elif kind == "script":
                 script_checks(tmp_path, text)
     assert not stale, f"examples/exports out of date: {stale}; regenerate with QWENPLAN_REGEN_EXAMPLES=1"
+
+
+def test_the_one_atomic_writer_never_overwrites_when_asked_not_to(tmp_path):
+    """launch/files.py: export, calibration and the profile cache write through it."""
+    from qwenplan.launch import files
+    f = tmp_path / "qwen.env"
+    files.write_atomic(f, "A=1\n", 0o600, overwrite=False)
+    assert f.read_text() == "A=1\n" and stat.S_IMODE(f.stat().st_mode) == 0o600
+    with pytest.raises(FileExistsError):
+        files.write_atomic(f, "A=2\n", 0o600, overwrite=False)
+    assert f.read_text() == "A=1\n" and sorted(p.name for p in tmp_path.iterdir()) == ["qwen.env"]
+    files.write_atomic(f, "A=3\n", 0o644)
+    assert f.read_text() == "A=3\n" and stat.S_IMODE(f.stat().st_mode) == 0o644

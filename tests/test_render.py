@@ -141,3 +141,50 @@ def test_every_setting_spelling_exists_in_some_release(engine):
             for tok in e["argv"]:
                 if tok.startswith("--"):
                     assert tok in all_flags, (key, tok)
+
+
+# --- targets: where the command runs (issue 18, item 2) -----------------------------------------
+
+def _multinode(engine: str, goal: str = "long-context") -> dict:
+    from click.testing import CliRunner
+
+    from qwenplan.launch.cli import cli
+    r = CliRunner().invoke(cli, ["plan", "--json", "--gpu", "H100", "--gpus", "4", "--nodes", "2", "--goal", goal,
+                                 "--engine", engine])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.output)
+
+
+def test_the_default_target_is_the_plan_command_and_a_node_adds_only_its_own_words():
+    from qwenplan.launch.render import Target
+    doc = _multinode("sglang")
+    local = render(doc)["argv"]
+    worker = render(doc, target=Target(nodes=2, node_rank=1, head_addr="10.0.0.5"))["argv"]
+    assert worker[:len(local)] == local
+    assert worker[len(local):] == ["--nnodes", "2", "--node-rank", "1", "--dist-init-addr", "10.0.0.5:20000"]
+    container = render(doc, target=Target(container=True))["argv"]
+    assert container[container.index("--host") + 1] == "0.0.0.0" and len(container) == len(local)
+
+
+def test_a_release_that_renames_a_multinode_flag_takes_data_only(monkeypatch):
+    """A fake vLLM release renames --master-addr: one engines.yaml entry and its flag file, no code."""
+    from qwenplan.launch import render as r
+    from qwenplan.launch.render import Target
+    from qwenplan.planner.flags import flag_set as real_flag_set
+    doc = _multinode("vllm")
+    doc["engine"]["version"] = "0.99.0"
+    raw = get_engine("vllm").raw
+    entries = raw["target_args"]["multi_node"]
+    renamed = {**entries[0], "versions": ">=0.99.0",
+               "worker": [t.replace("--master-addr", "--head-address") for t in entries[0]["worker"]]}
+    monkeypatch.setitem(raw["target_args"], "multi_node", [renamed] + entries)
+    base = real_flag_set("vllm", "0.32.0")
+    fake = type(base)(base.engine, "0.99.0", {**{k: v for k, v in base.flags.items() if k != "--master-addr"},
+                                               "--head-address": base.flags["--master-addr"]})
+    monkeypatch.setattr(r, "flag_set", lambda e, v: fake)
+    argv = r.target_launch("vllm", "0.99.0", doc["parallel"], Target(nodes=2, node_rank=1, head_addr="h")).args
+    assert argv[argv.index("--head-address") + 1] == "h" and "--master-addr" not in argv
+    # the old spelling against the new release's flags is refused, not silently written
+    monkeypatch.setitem(raw["target_args"], "multi_node", entries)
+    with pytest.raises(RenderError, match="does not accept --master-addr"):
+        r.target_launch("vllm", "0.99.0", doc["parallel"], Target(nodes=2, node_rank=1, head_addr="h"))

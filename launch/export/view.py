@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from qwenplan.launch.export.checks import MAX_ARG_CHARS, no_space, user_str
+from qwenplan.launch.render import CONTAINER_HOST, DP_START_VAR, Target, target_launch
 from qwenplan.launch.safe_text import printable
 from qwenplan.planner.engines import get_engine
 from qwenplan.planner.errors import InfeasibleError, InputError
@@ -18,10 +19,7 @@ KINDS = ("systemd", "compose", "k8s", "script")
 HEALTH_PATH = "/health"
 START_ALLOWANCE_S = 30 * 60          # see the module docstring: download + 138 s load, with margin
 HF_CACHE_IN_CONTAINER = "/root/.cache/huggingface"   # both official images run as root
-SGLANG_DIST_PORT = 20000             # docs.sglang.io multi-node example: --dist-init-addr HOST:20000
-RAY_PORT = 6379
 ENV_FILE_NAME = "qwen.env"           # the secrets file compose reads beside compose.yaml, and its template
-VLLM_DP_RPC_PORT = 13345             # vLLM docs/serving/data_parallel_deployment.md multi-node example
 DEFAULT_SHM = "15Gi"                 # vLLM's LWS example: /dev/shm emptyDir, medium Memory, sizeLimit 15Gi
 
 # HF_TOKEN, HUGGING_FACE_HUB_TOKEN, VLLM_API_KEY, ... but not TOKENIZERS_PARALLELISM or *_MAX_TOKENS
@@ -265,7 +263,6 @@ class NodeLaunch:
     dp_start: tuple[str, int] | None = None
 
 
-DP_START_VAR = "QWENPLAN_DP_START_RANK"
 
 
 def dp_start_shell(n: NodeLaunch) -> str:
@@ -290,82 +287,42 @@ def node_launch(plan: Any, *, node_rank: int, head_addr: Word, backend: str = "m
                         argv=container_argv(v, v.argv) if container else v.argv)
 
 
+def _text(w: Word) -> str:
+    """A word as render takes it: an EnvRef is written `${NAME}` (read back by secret_words)."""
+    return f"{w.prefix}${{{w.name}}}{w.suffix}" if isinstance(w, EnvRef) else str(w)
+
+
 def node_launch_of(v: View, *, node_rank: int, head_addr: Word, backend: str, rank_word: Word | None,
-                 argv: list[Word]) -> NodeLaunch:
+                   argv: list[Word]) -> NodeLaunch:
+    """The plan's command on one node of a multi-node plan; the words the node adds are render's
+    (profiles/engines.yaml target_args), never spelled here."""
     if v.nodes < 2:
         raise InputError("the plan runs on one node", "export it without a node rank")
     if not 0 <= node_rank < v.nodes:
         raise InputError(f"node rank {node_rank} is outside 0..{v.nodes - 1}", f"give a rank from 0 to {v.nodes - 1}")
     if isinstance(head_addr, str) and not head_addr.strip():
         raise InputError("the head node's address is empty", "give the head node's IP address or DNS name")
-    rank: Word = rank_word if rank_word is not None else str(node_rank)
-    role = "head" if node_rank == 0 else "worker"
-    argv = list(argv)
-
-    if v.engine == "vllm":
-        argv = _ensure_parallel(v, argv, ("--tensor-parallel-size", "-tp"), v.tensor)
-        argv = _ensure_parallel(v, argv, ("--pipeline-parallel-size", "-pp"), v.pipeline)
-        if v.data > 1:
-            return _vllm_dp_launch(v, argv, role, node_rank, head_addr, backend, rank_word)
-        if backend == "mp":
-            flags = ["--distributed-executor-backend", "--nnodes", "--node-rank", "--master-addr"]
-            if role == "worker":
-                flags.append("--headless")
-            check_flags(v, flags, {"--distributed-executor-backend": "mp"})
-            argv = argv + ["--distributed-executor-backend", "mp", "--nnodes", str(v.nodes),
-                           "--node-rank", rank, "--master-addr", head_addr]
-            if role == "worker":
-                return NodeLaunch(role, argv + ["--headless"], serves_http=False)
-            return NodeLaunch(role, argv)
-        if backend == "ray":
-            check_flags(v, ["--distributed-executor-backend"], {"--distributed-executor-backend": "ray"})
-            if role == "worker":
-                return NodeLaunch(role, ["ray", "start", cat("--address=", head_addr, f":{RAY_PORT}"), "--block"],
-                                  serves_http=False)
-            return NodeLaunch(role, argv + ["--distributed-executor-backend", "ray"],
-                              pre=[["ray", "start", "--head", f"--port={RAY_PORT}"]], wait_for_nodes=v.nodes)
-        raise InputError(f"unknown multi-node backend {backend!r}", "use mp (vLLM's default) or ray")
-    if v.engine == "sglang":
-        if v.data > 1:
-            raise InputError(f"SGLang refuses data parallel ({v.data} ranks) across nodes without DP attention "
-                             "(its check_server_args)",
-                             "plan with --engine vllm, or --goal long-context (tensor parallel within a node, "
-                             "pipeline parallel across nodes)")
-        if backend not in ("mp", "native", None):
-            raise InputError(f"SGLang has no {backend} backend", "SGLang spans nodes with its own --nnodes/--dist-init-addr")
-        argv = _ensure_parallel(v, argv, ("--tp-size", "--tensor-parallel-size"), v.tensor)
-        argv = _ensure_parallel(v, argv, ("--pp-size", "--pipeline-parallel-size"), v.nodes)
-        check_flags(v, ["--nnodes", "--node-rank", "--dist-init-addr"])
-        argv = argv + ["--nnodes", str(v.nodes), "--node-rank", rank,
-                       "--dist-init-addr", cat("", head_addr, f":{SGLANG_DIST_PORT}")]
-        return NodeLaunch(role, argv, serves_http=role == "head")
-    raise InputError(f"{v.engine} has no multi-node launch qwenplan knows", "plan a single node for it")
+    rank_ref = rank_word if isinstance(rank_word, EnvRef) else None
+    target = Target(nodes=v.nodes, node_rank=node_rank if rank_word is None or rank_ref else int(rank_word),
+                    head_addr=_text(head_addr), rank_ref=_text(rank_ref) if rank_ref else None, backend=backend)
+    t = target_launch(v.engine, v.version, v.plan.get("parallel") or {}, target)
+    refs = [w.name for w in (head_addr, rank_ref) if isinstance(w, EnvRef)] + [DP_START_VAR]
+    words = lambda items: _secret_words(list(items), refs)  # noqa: E731
+    if t.command is not None:
+        return NodeLaunch(target.role, words(t.command), serves_http=False)
+    argv = _ensure_parallel(v, list(argv), _PARALLEL_FLAGS[v.engine][0], v.tensor)
+    argv = _ensure_parallel(v, argv, _PARALLEL_FLAGS[v.engine][1], v.pipeline if v.engine == "vllm" else v.nodes)
+    if v.data > 1:
+        argv = _ensure_parallel(v, argv, ("--data-parallel-size", "-dp"), v.data)
+    dp_start = (rank_ref.name, v.data // v.nodes) if rank_ref and any(
+        isinstance(w, EnvRef) and w.name == DP_START_VAR for w in words(t.args)) else None
+    return NodeLaunch(target.role, argv + words(t.args), pre=[words(c) for c in t.pre],
+                      wait_for_nodes=t.wait_for_nodes, serves_http=t.serves_http, dp_start=dp_start)
 
 
-def _vllm_dp_launch(v: View, argv: list[Word], role: str, node_rank: int, head_addr: Word, backend: str,
-                    rank_word: Word | None) -> NodeLaunch:
-    """vLLM's multi-node data parallel: ranks_per_node whole DP ranks on each node (module docstring)."""
-    if backend != "mp":
-        raise InputError("a multi-node data-parallel plan is exported with vLLM's own DP launcher",
-                         "use backend mp")
-    argv = _ensure_parallel(v, argv, ("--data-parallel-size", "-dp"), v.data)
-    per_node = v.data // v.nodes
-    flags = ["--data-parallel-size-local", "--data-parallel-address", "--data-parallel-rpc-port"]
-    if role == "worker":
-        flags += ["--headless", "--data-parallel-start-rank"]
-    check_flags(v, flags)
-    tail: list[Word] = ["--data-parallel-size-local", str(per_node), "--data-parallel-address", head_addr,
-                        "--data-parallel-rpc-port", str(VLLM_DP_RPC_PORT)]
-    if role == "head":
-        return NodeLaunch(role, argv + tail)
-    dp_start = None
-    if isinstance(rank_word, EnvRef):
-        start: Word = EnvRef(DP_START_VAR)
-        dp_start = (rank_word.name, per_node)
-    else:
-        start = str(int(rank_word if rank_word is not None else node_rank) * per_node)
-    return NodeLaunch(role, argv + ["--headless"] + tail + ["--data-parallel-start-rank", start],
-                      serves_http=False, dp_start=dp_start)
+# the plan's parallel sizes, which a multi-node command must state (tensor, pipeline)
+_PARALLEL_FLAGS = {"vllm": (("--tensor-parallel-size", "-tp"), ("--pipeline-parallel-size", "-pp")),
+                   "sglang": (("--tp-size", "--tensor-parallel-size"), ("--pp-size", "--pipeline-parallel-size"))}
 
 
 def multinode_summary(v: View) -> str:
@@ -395,7 +352,7 @@ def container_argv(v: View, argv: list[Word]) -> list[Word]:
     fs = flag_set(v.engine, v.version)
     if fs is not None and not fs.accepts("--host"):
         raise InputError(f"{v.engine} {v.version} has no --host flag", "plan for a version that has it")
-    return _set_flag(out, ("--host",), "0.0.0.0")
+    return _set_flag(out, ("--host",), CONTAINER_HOST)
 
 
 def engine_image(plan: Any, image: str | None = None) -> str:

@@ -81,25 +81,31 @@ class TargetLaunch:
     serves_http: bool = True
 
 
-def target_launch(engine_id: str, version: str, parallel: dict, target: Target) -> TargetLaunch:
-    """The words a multi-node target adds, spelled by profiles/engines.yaml `target_args` and
-    checked against the version's flag file (which must exist: they cannot go unchecked)."""
-    if target.nodes < 2:
-        return TargetLaunch()
+def _target_entry(engine_id: str, version: str, data: int, backend: str) -> dict:
+    """The engines.yaml target_args entry for this version, backend and kind of multi-node plan."""
     engine = get_engine(engine_id)
-    data = int(parallel.get("data") or 1)
     section = "multi_node_data_parallel" if data > 1 else "multi_node"
     entries = (engine.raw.get("target_args") or {}).get(section)
     if not entries:
         raise RenderError(f"{engine_id} has no multi-node launch qwenplan knows", "plan a single node for it")
     e = next((x for x in entries if in_range(version, x.get("versions"))
-              and ("refuse" in x or target.backend in x.get("backends", ()))), None)
+              and ("refuse" in x or backend in x.get("backends", ()))), None)
     if e is None:
-        raise RenderError(f"{engine.name} has no {target.backend} backend for a multi-node"
+        raise RenderError(f"{engine.name} has no {backend} backend for a multi-node"
                           + (" data-parallel" if data > 1 else "") + " plan",
                           f"use one of: {', '.join(b for x in entries for b in x.get('backends', ()))}")
     if "refuse" in e:
         raise RenderError(e["refuse"].format(data=data), e["fix"])
+    return e
+
+
+def target_launch(engine_id: str, version: str, parallel: dict, target: Target) -> TargetLaunch:
+    """The words a multi-node target adds, spelled by profiles/engines.yaml `target_args` and
+    checked against the version's flag file (which must exist: they cannot go unchecked)."""
+    if target.nodes < 2:
+        return TargetLaunch()
+    data = int(parallel.get("data") or 1)
+    e = _target_entry(engine_id, version, data, target.backend)
     per_node = data // target.nodes
     rank = target.rank_ref or str(target.node_rank)
     fields = {"nodes": target.nodes, "node_rank": rank, "head_addr": target.head_addr, "ranks_per_node": per_node,

@@ -5,11 +5,12 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from qwenplan.launch.export.checks import host_folder, no_space, user_str
+from qwenplan.launch.export.checks import host_folder, user_str
 from qwenplan.launch.export.text import comment, health_python, probe_host, sh_word, to_yaml
 from qwenplan.launch.export.view import (ENV_FILE_NAME, HEALTH_PATH, HF_CACHE_IN_CONTAINER, START_ALLOWANCE_S, EnvRef,
+                                         NodeLaunch, View,
                                          container_argv, container_env, container_program, gpu_device_ids,
-                                         gpu_summary, image_for, multinode_summary, node_launch_of, plan_view)
+                                         gpu_summary, image_for, multinode_summary, one_node, plan_view)
 from qwenplan.launch.safe_text import printable
 from qwenplan.planner.errors import InputError
 
@@ -45,6 +46,35 @@ def _publish_address(host: str, option: str) -> str:
 HF_CACHE_DEFAULT = "${HF_HOME:-~/.cache/huggingface}"
 
 
+def _header(v: View, launch: NodeLaunch | None, node_rank: int | None, env_file: str, hf_cache: str | None,
+            img: str, bind: str, probe: str, serves_http: bool) -> list[str]:
+    """The file's comment: what it runs, where secrets and the cache come from, health."""
+    head = [f"qwenplan: {v.title}",
+            f"GPUs: {gpu_summary(v)}" + (f"; node {node_rank} of {v.nodes} ({launch.role})" if launch else ""),
+            "Start: docker compose up -d    (NVIDIA Container Toolkit required)",
+            f"Secrets ({', '.join(v.secrets) or 'none'}) come from {env_file} beside this file (env_file:), never",
+            "from here: it must exist, lines of NAME=value; `qwenplan export -o` writes it with the names (no",
+            "values, mode 600) when it is absent.",
+            f"Image {img}: its `{container_program(v.argv[0])}` replaces the host command's program.",
+            "HF cache: " + (hf_cache if hf_cache else "$HF_HOME when set where compose runs, else ~/.cache/huggingface")
+            + f", mounted on {HF_CACHE_IN_CONTAINER}."]
+    if launch is None:
+        head += [f"The engine listens on 0.0.0.0 inside the container (--host rewritten from {v.host}); the port is",
+                 f"published on {bind or '0.0.0.0'} only. CUDA_VISIBLE_DEVICES is not set: device_ids picks the planned GPUs,",
+                 "which the container sees as 0..n-1."]
+    else:
+        head += ["Host networking (the nodes talk NCCL/torch.distributed over many ports); set",
+                 "NCCL_SOCKET_IFNAME/GLOO_SOCKET_IFNAME in the env file if the nodes have several interfaces."]
+    if serves_http:
+        head += [f"Health: {probe} (python3 in the image; no curl needed). start_period allows",
+                 f"{START_ALLOWANCE_S // 60} min for the first start: 138 s to load on an H100 with the weights cached",
+                 "(measured by qwenplan), plus the download. `restart` acts when the engine exits; compose does not",
+                 "restart an unhealthy container by itself."]
+    if launch is not None:
+        head += [f"Multi-node: {v.nodes} nodes x {v.gpus} GPUs ({multinode_summary(v)})."]
+    return head
+
+
 def render_compose(plan: Any, *, image: str | None = None, env_file: str = ENV_FILE_NAME,
                    hf_cache: str | None = None, publish_host: str | None = None,
                    service: str = "qwen", node_rank: int | None = None, head_addr: str | None = None,
@@ -60,22 +90,10 @@ def render_compose(plan: Any, *, image: str | None = None, env_file: str = ENV_F
     user_str(env_file, "--env-file")
     if hf_cache is not None:
         host_folder(hf_cache, "--hf-cache")
-    if head_addr is not None:
-        no_space(user_str(head_addr, "--head-addr"), "--head-addr", "an address")
-    launch = None
-    if v.nodes > 1:
-        if node_rank is None or not head_addr:
-            raise InputError(f"the plan spans {v.nodes} nodes: each node needs its own compose file",
-                             "give --node-rank N (0 = head) and --head-addr ADDRESS, once per node")
-        if backend == "ray":
-            raise InputError("a Ray cluster is exported as a script or Kubernetes manifests",
-                             "use backend mp for compose, or export the script")
-        # host networking: the engine keeps the plan's --host; only the program is the image's
-        launch = node_launch_of(v, node_rank=node_rank, head_addr=head_addr, backend=backend, rank_word=None,
-                              argv=[container_program(v.argv[0])] + v.argv[1:])
-        argv = launch.argv
-    else:
-        argv = container_argv(v, v.argv)
+    # host networking across nodes: the engine keeps the plan's --host; only the program is the image's
+    launch = one_node(v, node_rank, head_addr, backend, "compose", "compose file",
+                      [container_program(v.argv[0])] + v.argv[1:])
+    argv = launch.argv if launch else container_argv(v, v.argv)
     serves_http = launch is None or launch.serves_http
     bind = ""
     if launch is None:
@@ -119,29 +137,7 @@ def render_compose(plan: Any, *, image: str | None = None, env_file: str = ENV_F
                               "start_period": f"{START_ALLOWANCE_S // 60}m"}
     svc["restart"] = "unless-stopped"
 
-    head = [f"qwenplan: {v.title}",
-            f"GPUs: {gpu_summary(v)}" + (f"; node {node_rank} of {v.nodes} ({launch.role})" if launch else ""),
-            "Start: docker compose up -d    (NVIDIA Container Toolkit required)",
-            f"Secrets ({', '.join(v.secrets) or 'none'}) come from {env_file} beside this file (env_file:), never",
-            "from here: it must exist, lines of NAME=value; `qwenplan export -o` writes it with the names (no",
-            "values, mode 600) when it is absent.",
-            f"Image {img}: its `{container_program(v.argv[0])}` replaces the host command's program.",
-            "HF cache: " + (hf_cache if hf_cache else "$HF_HOME when set where compose runs, else ~/.cache/huggingface")
-            + f", mounted on {HF_CACHE_IN_CONTAINER}."]
-    if launch is None:
-        head += [f"The engine listens on 0.0.0.0 inside the container (--host rewritten from {v.host}); the port is",
-                 f"published on {bind or '0.0.0.0'} only. CUDA_VISIBLE_DEVICES is not set: device_ids picks the planned GPUs,",
-                 "which the container sees as 0..n-1."]
-    else:
-        head += ["Host networking (the nodes talk NCCL/torch.distributed over many ports); set",
-                 "NCCL_SOCKET_IFNAME/GLOO_SOCKET_IFNAME in the env file if the nodes have several interfaces."]
-    if serves_http:
-        head += [f"Health: {probe} (python3 in the image; no curl needed). start_period allows",
-                 f"{START_ALLOWANCE_S // 60} min for the first start: 138 s to load on an H100 with the weights cached",
-                 "(measured by qwenplan), plus the download. `restart` acts when the engine exits; compose does not",
-                 "restart an unhealthy container by itself."]
-    if launch is not None:
-        head += [f"Multi-node: {v.nodes} nodes x {v.gpus} GPUs ({multinode_summary(v)})."]
+    head = _header(v, launch, node_rank, env_file, hf_cache, img, bind, probe, serves_http)
     out = _compose_escape(svc)
     out["volumes"] = [out["volumes"][0] or f"{HF_CACHE_DEFAULT}:{HF_CACHE_IN_CONTAINER}"]   # interpolated
     doc = {"services": {service: out}}

@@ -25,6 +25,24 @@ def _storage_size(v: View) -> str:
     return f"{gib}Gi"
 
 
+def _check_options(namespace: str | None, storage_size: str | None, storage_class: str | None,
+                   hf_cache: str | None, shm_size: str) -> None:
+    """Refuse what the API server would: DNS-1123 names, quantities, a hostPath outside system folders."""
+    if namespace is not None:
+        dns_label(namespace, "--namespace")
+    if storage_size is not None:
+        quantity(storage_size, "--storage-size")
+    if storage_class is not None:
+        dns_subdomain(storage_class, "--storage-class")
+    if hf_cache is not None:
+        if hf_cache.startswith("/"):
+            host_folder(hf_cache, "--hf-cache")
+        else:
+            dns_subdomain(hf_cache, "--hf-cache (a PersistentVolumeClaim name, or an absolute hostPath)")
+    if shm_size != DEFAULT_SHM:
+        quantity(shm_size, "--shm-size")
+
+
 def render_k8s(plan: Any, *, image: str | None = None, name: str | None = None, namespace: str | None = None,
                secret_name: str | None = None, hf_cache: str | None = None, storage_size: str | None = None,
                storage_class: str | None = None, node_selector: dict[str, str] | None = None,
@@ -40,19 +58,7 @@ def render_k8s(plan: Any, *, image: str | None = None, name: str | None = None, 
     img = image_for(v, image)
     nm = slug(user_str(name, "--name")) if name else f"qwenplan-{v.slug}"
     secret = dns_subdomain(secret_name, "--secret-name") if secret_name is not None else nm
-    if namespace is not None:
-        dns_label(namespace, "--namespace")
-    if storage_size is not None:
-        quantity(storage_size, "--storage-size")
-    if storage_class is not None:
-        dns_subdomain(storage_class, "--storage-class")
-    if hf_cache is not None:
-        if hf_cache.startswith("/"):
-            host_folder(hf_cache, "--hf-cache")
-        else:
-            dns_subdomain(hf_cache, "--hf-cache (a PersistentVolumeClaim name, or an absolute hostPath)")
-    if shm_size != DEFAULT_SHM:
-        quantity(shm_size, "--shm-size")
+    _check_options(namespace, storage_size, storage_class, hf_cache, shm_size)
     labels = {"app.kubernetes.io/name": nm, "app.kubernetes.io/managed-by": "qwenplan"}
     meta = {"name": nm, "labels": dict(labels)}
     if namespace:

@@ -9,7 +9,7 @@ from typing import Any
 from qwenplan.launch.export.checks import user_str
 from qwenplan.launch.export.text import comment, probe_host, sc2016, sh_command, sh_path, sh_word
 from qwenplan.launch.export.view import (HEALTH_PATH, EnvRef, NodeLaunch, View, dp_start_shell, gpu_summary,
-                                         multinode_summary, node_launch_of, plan_view)
+                                         host_env, multinode_summary, node_launch_of, plan_view)
 from qwenplan.planner.errors import InputError
 
 
@@ -58,9 +58,7 @@ def render_script(plan: Any, *, venv: str | None = None, env_file: str | None = 
             "  done < \"$QWENPLAN_ENV_FILE\"",
             "fi",
             ""]
-    env = dict(v.env)
-    if "CUDA_VISIBLE_DEVICES" not in env and (v.gpu_uuids or v.gpu_ids) and v.nodes == 1:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, v.gpu_uuids or v.gpu_ids))
+    env = host_env(v)
     for k, val in env.items():
         out.append(f"export {k}={shlex.quote(val)}")
     if venv:

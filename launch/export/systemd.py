@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from qwenplan.launch.export.checks import absolute_plain_path, no_space, user_str
+from qwenplan.launch.export.checks import absolute_plain_path, user_str
 from qwenplan.launch.export.text import comment, groups, health_python, probe_host, sh_path
-from qwenplan.launch.export.view import (ENV_FILE_NAME, HEALTH_PATH, START_ALLOWANCE_S, EnvRef, NodeLaunch, Word,
-                                         gpu_summary, node_launch_of, plan_view)
+from qwenplan.launch.export.view import (ENV_FILE_NAME, HEALTH_PATH, START_ALLOWANCE_S, EnvRef, NodeLaunch, View, Word,
+                                         host_env,
+                                         gpu_summary, one_node, plan_view)
 from qwenplan.launch.safe_text import CONTROL, printable
 from qwenplan.planner.errors import InputError
 
@@ -81,62 +82,21 @@ def systemd_program(plan: Any, venv: str | None = None) -> str | None:
     return prog if prog.startswith("/") else str(_venv_path(venv) / "bin" / prog)
 
 
-def render_systemd(plan: Any, *, venv: str | None = None, user_unit: bool = False, run_as_user: str | None = None,
-                   env_file: str | None = None, hf_home: str | None = None, node_rank: int | None = None,
-                   head_addr: str | None = None, backend: str = "mp") -> str:
-    """A service unit running the engine from its virtual environment.
+def _program(prog: Word, engine: str, venv: str | None, venv_path: Path) -> Word:
+    """ExecStart='s program: an absolute path (systemd searches no PATH of the user's)."""
+    if isinstance(prog, str) and not prog.startswith("/") and engine == "llamacpp" and not venv:
+        return shutil.which(prog) or f"/usr/local/bin/{prog}"   # a binary, not a Python package
+    if isinstance(prog, str) and not prog.startswith("/"):
+        return str(venv_path / "bin" / prog)
+    return prog
 
-    venv: the engine's virtual environment (default: the one this Python runs in, sys.prefix).
-    user_unit: a `systemctl --user` unit (no User=, WantedBy=default.target).
-    run_as_user: User= for a system unit (a dedicated account); None leaves a commented example.
-    env_file: EnvironmentFile= with the secrets (default /etc/qwenplan/qwen.env, or
-      ~/.config/qwenplan/qwen.env for a user unit); the file must exist, and may be empty.
-    hf_home: HF_HOME for the service (default: the service user's ~/.cache/huggingface).
-    node_rank/head_addr: for a multi-node plan, the unit of one node (vLLM backend mp, or SGLang).
-    """
-    v = plan_view(plan)
-    if user_unit and run_as_user:
-        raise InputError("a user unit runs as the user who starts it", "drop the user option, or export a system unit")
-    if run_as_user is not None and not re.fullmatch(r"[a-z_][a-z0-9_-]*[$]?", run_as_user):
-        raise InputError(f"{run_as_user!r} is not a user name", "use a name like qwenplan (lower case, digits, - and _)")
-    venv_path = _venv_path(venv)
-    if hf_home is not None:
-        user_str(hf_home, "--hf-home")
-    if head_addr is not None:
-        no_space(user_str(head_addr, "--head-addr"), "--head-addr", "an address")
 
-    launch: NodeLaunch | None = None
-    argv = list(v.argv)
-    if v.nodes > 1:
-        if node_rank is None or not head_addr:
-            raise InputError(f"the plan spans {v.nodes} nodes: each node needs its own unit",
-                             "give --node-rank N (0 = head) and --head-addr ADDRESS, once per node")
-        if backend == "ray":
-            raise InputError("a Ray cluster is exported as a script or Kubernetes manifests",
-                             "use backend mp for systemd, or export the script")
-        launch = node_launch_of(v, node_rank=node_rank, head_addr=head_addr, backend=backend, rank_word=None,
-                              argv=v.argv)
-        argv = launch.argv
-    prog = argv[0]
-    if isinstance(prog, str) and not prog.startswith("/") and v.engine == "llamacpp" and not venv:
-        prog = shutil.which(prog) or f"/usr/local/bin/{prog}"   # a binary, not a Python package
-    elif isinstance(prog, str) and not prog.startswith("/"):
-        prog = str(venv_path / "bin" / prog)
-    argv = [prog] + argv[1:]
-
-    env = dict(v.env)
-    if "CUDA_VISIBLE_DEVICES" not in env and (v.gpu_uuids or v.gpu_ids) and v.nodes == 1:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, v.gpu_uuids or v.gpu_ids))
-    if hf_home:
-        env["HF_HOME"] = hf_home
-    if env_file is not None:
-        env_file_line = _sd_pct(absolute_plain_path(env_file, "--env-file"))
-    else:
-        env_file_line = "%h/.config/qwenplan/qwen.env" if user_unit else "/etc/qwenplan/qwen.env"
+def _header(v: View, launch: NodeLaunch | None, node_rank: int | None, user_unit: bool, run_as_user: str | None,
+            env_file: str | None, url: str) -> list[str]:
+    """The unit's comment: what it runs, how to install it, where its secrets come from."""
     shown_env = env_file or ("~/.config/qwenplan/qwen.env" if user_unit else "/etc/qwenplan/qwen.env")
-    name = f"qwenplan-{v.slug}" + (f"-node{node_rank}" if v.nodes > 1 else "")
     serves_http = launch is None or launch.serves_http
-    url = f"http://{probe_host(v.host)}:{v.port}{HEALTH_PATH}"
+    name = f"qwenplan-{v.slug}" + (f"-node{node_rank}" if v.nodes > 1 else "")
     ctl = "systemctl --user" if user_unit else "sudo systemctl"
     where = "~/.config/systemd/user/" if user_unit else "/etc/systemd/system/"
 
@@ -159,6 +119,44 @@ def render_systemd(plan: Any, *, venv: str | None = None, user_unit: bool = Fals
     if not user_unit and run_as_user is None:
         head += ["Runs as root unless you set User= below (recommended: a dedicated account, e.g.",
                  "  sudo useradd --system --create-home --home-dir /var/lib/qwenplan qwenplan)."]
+    return head
+
+
+def render_systemd(plan: Any, *, venv: str | None = None, user_unit: bool = False, run_as_user: str | None = None,
+                   env_file: str | None = None, hf_home: str | None = None, node_rank: int | None = None,
+                   head_addr: str | None = None, backend: str = "mp") -> str:
+    """A service unit running the engine from its virtual environment.
+
+    venv: the engine's virtual environment (default: the one this Python runs in, sys.prefix).
+    user_unit: a `systemctl --user` unit (no User=, WantedBy=default.target).
+    run_as_user: User= for a system unit (a dedicated account); None leaves a commented example.
+    env_file: EnvironmentFile= with the secrets (default /etc/qwenplan/qwen.env, or
+      ~/.config/qwenplan/qwen.env for a user unit); the file must exist, and may be empty.
+    hf_home: HF_HOME for the service (default: the service user's ~/.cache/huggingface).
+    node_rank/head_addr: for a multi-node plan, the unit of one node (vLLM backend mp, or SGLang).
+    """
+    v = plan_view(plan)
+    if user_unit and run_as_user:
+        raise InputError("a user unit runs as the user who starts it", "drop the user option, or export a system unit")
+    if run_as_user is not None and not re.fullmatch(r"[a-z_][a-z0-9_-]*[$]?", run_as_user):
+        raise InputError(f"{run_as_user!r} is not a user name", "use a name like qwenplan (lower case, digits, - and _)")
+    venv_path = _venv_path(venv)
+    if hf_home is not None:
+        user_str(hf_home, "--hf-home")
+    launch = one_node(v, node_rank, head_addr, backend, "systemd", "unit", v.argv)
+    argv = launch.argv if launch else list(v.argv)
+    argv = [_program(argv[0], v.engine, venv, venv_path)] + argv[1:]
+
+    env = host_env(v)
+    if hf_home:
+        env["HF_HOME"] = hf_home
+    if env_file is not None:
+        env_file_line = _sd_pct(absolute_plain_path(env_file, "--env-file"))
+    else:
+        env_file_line = "%h/.config/qwenplan/qwen.env" if user_unit else "/etc/qwenplan/qwen.env"
+    serves_http = launch is None or launch.serves_http
+    url = f"http://{probe_host(v.host)}:{v.port}{HEALTH_PATH}"
+    head = _header(v, launch, node_rank, user_unit, run_as_user, env_file, url)
     lines = [comment(head).rstrip("\n"),
              "[Unit]",
              f"Description={_sd_pct(printable('Qwen3.6-35B-A3B: ' + v.title))}",

@@ -140,17 +140,8 @@ def _secret_words(argv: list[str], secrets: list[str]) -> list[Word]:
     return out
 
 
-def plan_view(plan: Any) -> View:
-    p = _as_dict(plan)
-    if p.get("status", "ok") != "ok":
-        reqs = "; ".join(p.get("requirements") or []) or "change the hardware or the pins until `qwenplan plan` finds one"
-        raise InfeasibleError("the plan is infeasible, so there is nothing to export", reqs)
-    engine = p.get("engine") or {}
-    command = p.get("command") or {}
-    settings = p.get("settings") or {}
-    parallel = p.get("parallel") or {}
-    variant = p.get("variant") or {}
-    argv = command.get("argv") or []
+def _checked_argv(p: dict) -> list[str]:
+    engine, argv = p.get("engine") or {}, (p.get("command") or {}).get("argv") or []
     if not argv or not all(isinstance(a, str) for a in argv):
         raise InputError("the plan has no engine command (command.argv)", "export a plan made by `qwenplan plan --json`")
     if not engine.get("name") or not engine.get("version"):
@@ -159,7 +150,11 @@ def plan_view(plan: Any) -> View:
     if long is not None:
         raise InputError(f"an engine argument is {len(long):,} characters long ({printable(long[:40])}...)",
                          f"keep each argument (a served name, an --extra-arg) under {MAX_ARG_CHARS:,} characters")
+    return argv
 
+
+def _secrets_and_env(command: dict, settings: dict) -> tuple[list[str], dict[str, str]]:
+    """The secrets' names (never their values), and the rest of the environment."""
     secrets: list[str] = []
     for name in list(command.get("secret_env") or []) + [settings.get("api_key_env")]:
         if name and name not in secrets:
@@ -177,21 +172,12 @@ def plan_view(plan: Any) -> View:
             secrets.append(k)
             continue
         env[k] = "" if v is None else str(v)
+    return secrets, env
 
-    words = _secret_words(argv, secrets)
-    port_w = _flag_value(words, ("--port",))
-    port = settings.get("port") or (int(port_w) if isinstance(port_w, str) and port_w.isdigit() else 8000)
-    host_w = _flag_value(words, ("--host",))
-    host = settings.get("host") or (host_w if isinstance(host_w, str) else None) or "127.0.0.1"
-    no_space(user_str(host, "--host"), "--host", "an address")
 
-    tensor = int(parallel.get("tensor") or 1)
-    pipeline = int(parallel.get("pipeline") or 1)
-    data = int(parallel.get("data") or 1)
-    nodes = int(parallel.get("nodes") or 1)
-    gpu_ids = list(parallel.get("gpu_ids") or [])
-    gpu_uuids = [u for u in (parallel.get("gpu_uuids") or []) if u]
-    gpus = tensor * pipeline * data
+def _gpus_per_node(parallel: dict, engine_name: str) -> int:
+    tensor, pipeline = int(parallel.get("tensor") or 1), int(parallel.get("pipeline") or 1)
+    data, nodes = int(parallel.get("data") or 1), int(parallel.get("nodes") or 1)
     if nodes > 1:
         if data == 1 and pipeline != nodes:
             raise InputError(f"the plan spans {nodes} nodes with pipeline={pipeline}, data={data}",
@@ -202,18 +188,37 @@ def plan_view(plan: Any) -> View:
                              "(vLLM places whole ranks on a node)",
                              f"plan for a node count that divides {data}, or --goal long-context "
                              "(tensor parallel within a node, pipeline parallel across nodes)")
-        gpus = gpus // nodes   # per node
-    elif gpu_ids:
-        gpus = len(gpu_ids)
-    elif engine.get("name") == "llamacpp":
-        gpus = 0        # a llama.cpp plan without GPU ids runs on the CPU
+        return tensor * pipeline * data // nodes
+    if parallel.get("gpu_ids"):
+        return len(parallel["gpu_ids"])
+    return 0 if engine_name == "llamacpp" else tensor * pipeline * data   # llama.cpp without GPU ids: the CPU
 
+
+def plan_view(plan: Any) -> View:
+    p = _as_dict(plan)
+    if p.get("status", "ok") != "ok":
+        reqs = "; ".join(p.get("requirements") or []) or "change the hardware or the pins until `qwenplan plan` finds one"
+        raise InfeasibleError("the plan is infeasible, so there is nothing to export", reqs)
+    argv = _checked_argv(p)
+    engine, settings = p["engine"], p.get("settings") or {}
+    parallel, variant = p.get("parallel") or {}, p.get("variant") or {}
+    secrets, env = _secrets_and_env(p.get("command") or {}, settings)
+    words = _secret_words(argv, secrets)
+    port_w = _flag_value(words, ("--port",))
+    port = settings.get("port") or (int(port_w) if isinstance(port_w, str) and port_w.isdigit() else 8000)
+    host_w = _flag_value(words, ("--host",))
+    host = settings.get("host") or (host_w if isinstance(host_w, str) else None) or "127.0.0.1"
+    no_space(user_str(host, "--host"), "--host", "an address")
+    gpus = _gpus_per_node(parallel, engine.get("name"))
     served = variant.get("served_model_name") or p.get("model") or "qwen3.6-35b-a3b"
-    title = f"{variant.get('repo') or served} on {engine['name']} {engine['version']}"
     return View(plan=p, engine=str(engine["name"]), version=str(engine["version"]), argv=words, env=env,
-                 secrets=secrets, host=str(host), port=int(port), slug=slug(served), title=title, nodes=nodes,
-                 tensor=tensor, pipeline=pipeline, data=data, gpus=gpus, gpu_ids=gpu_ids, gpu_uuids=gpu_uuids,
-                 image=engine.get("image"), install=engine.get("install"))
+                secrets=secrets, host=str(host), port=int(port), slug=slug(served),
+                title=f"{variant.get('repo') or served} on {engine['name']} {engine['version']}",
+                nodes=int(parallel.get("nodes") or 1), tensor=int(parallel.get("tensor") or 1),
+                pipeline=int(parallel.get("pipeline") or 1), data=int(parallel.get("data") or 1), gpus=gpus,
+                gpu_ids=list(parallel.get("gpu_ids") or []),
+                gpu_uuids=[u for u in (parallel.get("gpu_uuids") or []) if u],
+                image=engine.get("image"), install=engine.get("install"))
 
 
 # --- flags the exporters add: only ones the target version accepts ------------------------------
@@ -325,6 +330,22 @@ _PARALLEL_FLAGS = {"vllm": (("--tensor-parallel-size", "-tp"), ("--pipeline-para
                    "sglang": (("--tp-size", "--tensor-parallel-size"), ("--pp-size", "--pipeline-parallel-size"))}
 
 
+def one_node(v: View, node_rank: int | None, head_addr: str | None, backend: str, fmt: str, what: str,
+             argv: list[Word]) -> NodeLaunch | None:
+    """The node a unit or compose file is for (one file per node); None for a one-node plan."""
+    if head_addr is not None:
+        no_space(user_str(head_addr, "--head-addr"), "--head-addr", "an address")
+    if v.nodes == 1:
+        return None
+    if node_rank is None or not head_addr:
+        raise InputError(f"the plan spans {v.nodes} nodes: each node needs its own {what}",
+                         "give --node-rank N (0 = head) and --head-addr ADDRESS, once per node")
+    if backend == "ray":
+        raise InputError("a Ray cluster is exported as a script or Kubernetes manifests",
+                         f"use backend mp for {fmt}, or export the script")
+    return node_launch_of(v, node_rank=node_rank, head_addr=head_addr, backend=backend, rank_word=None, argv=argv)
+
+
 def multinode_summary(v: View) -> str:
     """How the plan's ranks sit on the nodes, in one sentence for the export's header."""
     if v.data == 1:
@@ -402,6 +423,14 @@ def gpu_device_ids(v: View) -> list[str]:
 
 def container_env(v: View) -> dict[str, str]:
     return {k: val for k, val in v.env.items() if k != "CUDA_VISIBLE_DEVICES"}
+
+
+def host_env(v: View) -> dict[str, str]:
+    """The environment on a host (not a container): the planned GPUs by CUDA_VISIBLE_DEVICES."""
+    env = dict(v.env)
+    if "CUDA_VISIBLE_DEVICES" not in env and (v.gpu_uuids or v.gpu_ids) and v.nodes == 1:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, v.gpu_uuids or v.gpu_ids))
+    return env
 
 
 def gpu_summary(v: View) -> str:

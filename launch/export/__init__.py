@@ -44,8 +44,8 @@ Decisions, with their sources:
   parallelism_scaling.md) and is not in requirements/cuda.txt. `backend="ray"` gives the Ray way
   (`ray start --head` / `ray start --address=HEAD:6379 --block`, `--distributed-executor-backend
   ray`). SGLang: the same argv on every node plus `--nnodes N --node-rank R --dist-init-addr
-  HEAD:20000` (docs.sglang.io multi_node_deployment). Every flag added here is checked against the
-  target version's flag file (profiles/flags/).
+  HEAD:20000` (docs.sglang.io multi_node_deployment). These words are spelled by render (profiles/engines.yaml
+  target_args) and checked against the version's flag file (profiles/flags/).
 - Multi-node with data parallel (the balanced and throughput plans: PP x DP, DP ranks within a node,
   PP across nodes): vLLM's own multi-node data parallel (docs/serving/data_parallel_deployment.md,
   "DP ranks 0 and 1 on the head node and ranks 2 and 3 on the second node": `--data-parallel-size-local`,

@@ -189,6 +189,11 @@ def summary_lines(plan) -> list[str]:
         (f"KV cache:   ~{m['kv_cache_tokens']:,} tokens per rank; {m['full_length_seqs']} full-length "
          "request(s) at once per rank"),
     ]
+    if m.get("sglang"):     # SGLang's split of its pool (planner/sglang.py): what its log will say
+        g = m["sglang"]
+        lines.append(f"SGLang:     --mem-fraction-static {g['mem_fraction_static']}: {g['mamba_slots']:,} DeltaNet state "
+                     f"slots ({_gib(g['mamba_bytes'])} GiB), {g['kv_tokens']:,} KV tokens ({_gib(g['kv_bytes'])} GiB), "
+                     f"max running requests {g['max_running_requests']} (slots / {g['slots_per_request']})")
     if e.get("name") == "llamacpp":      # one GPU (or none) and host RAM, one predicted speed
         gpu = (f"GPU {_gib(m['gpu_total_bytes'])} of a {_gib(m['per_gpu_budget_bytes'])} budget; " if m.get("gpus")
                else "")

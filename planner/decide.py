@@ -331,7 +331,7 @@ def _candidates(v: Variant, choice: EngineChoice, view: GpuView, opts: PlanOptio
 
 def _size(cand: Candidate, budget: int, profiled: bool, opts: PlanOptions, view: GpuView) -> tuple[Sized, dict | None]:
     """The formula's sizing, or what the engine reported on this box for the same combination."""
-    sized = size(cand, budget, profiled)
+    sized = size(cand, budget, profiled, cuda_total=view.cuda_total)
     obs = (opts.measured or {}).get(calibration_key(view.names[0], cand.engine, cand.version, cand.variant.id,
                                                     cand.kv_dtype, cand.tp))
     measured = apply_measured(cand, sized, obs) if obs else None
@@ -377,7 +377,7 @@ def _evaluate(o: Option, context: int, goal: dict, opts: PlanOptions, view: GpuV
             limit = state_block_limit(s)
             seqs = min(seqs, limit) if opts.concurrency else (min(o.cand.max_seqs, limit) if seqs >= min_seqs else seqs)
     else:
-        seqs = min(max_seqs, s.cache_bytes // (typical * s.kv_per_token + s.state_per_seq))
+        seqs = min(max_seqs, s.seqs_at(typical))   # SGLang: also its state slots (planner/sglang.py)
     if seqs < min_seqs:
         return None
     if seqs < o.cand.max_seqs:
@@ -710,14 +710,16 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
                       f"{'without' if c.spec_tokens else 'with'} (at {acc:.0%} draft acceptance, assumed)")
     D(Decision("speculative", settings["speculative"], f"MTP {mtp_reason}", MTP_SOURCE))
     if eng.id == "sglang":
-        static = (s.weights + s.expert_cache + s.cache_bytes) / view.cuda_total
-        settings["mem_fraction_static"] = round(int(static * 100) / 100, 2)
+        sp = s.sglang
+        settings["mem_fraction_static"] = sp.mem_fraction_static
         settings["gpu_memory_utilization"] = None
         D(Decision("mem_fraction_static", settings["mem_fraction_static"],
-                   f"weights {gib(s.weights)} + KV/state pool {gib(s.cache_bytes)} over {gib(view.cuda_total)}; "
-                   f"activations ({gib(s.activation)}) and CUDA graphs ({gib(s.cudagraph)}) stay outside it" +
+                   f"weights {gib(s.weights)} + pool {gib(s.cache_bytes)} over the {gib(sp.pre_load_bytes)} free before "
+                   f"loading: {sp.mamba_slots} DeltaNet state slots, {sp.kv_tokens:,} KV tokens, {sp.max_running_requests} "
+                   f"running requests at most; activations ({gib(s.activation)}), CUDA graphs ({gib(s.cudagraph)})"
+                   f"{f' and the MTP draft KV ({gib(sp.draft_kv_bytes)})' if sp.draft_kv_bytes else ''} stay outside it" +
                    (f"; the budget is {view.pool.reason}" if view.pool else ""),
-                   "https://github.com/sgl-project/sglang/blob/v0.5.23/python/sglang/srt/model_executor/model_runner.py (mem_fraction_static covers weights and pools)" +
+                   "https://github.com/sgl-project/sglang/blob/v0.5.14/python/sglang/srt/model_executor/model_runner_kv_cache_mixin.py (pool = fraction x free before load - weights; mamba/KV split); planner/sglang.py" +
                    (f"; {view.pool.source}" if view.pool else "")))
     else:
         D(Decision("gpu_memory_utilization", settings["gpu_memory_utilization"], _gmu(o.choice, view, c.family)[1],
@@ -957,5 +959,6 @@ def _memory(o: Option, view: GpuView, plan: Plan) -> dict:
             "block_size": s.layout.block_size if s.layout else None,
             "kv_cache_tokens": kv_tokens, "max_concurrency_at_max_len": round(s.max_concurrency(o.context), 2),
             "full_length_seqs": o.full_length, "max_len_that_fits": s.max_len(),
+            **({"sglang": s.sglang.as_dict()} if s.sglang else {}),
             "source": "planner/sizing.py, planner/memory.py; constants in profiles/memory.yaml",
             "gpus": gpus}

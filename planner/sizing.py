@@ -4,17 +4,19 @@ vLLM's budget is gpu_memory_utilization x the CUDA-visible total; from it vLLM t
 weights, the peak activation of its profiling run, non-torch memory and (from 0.20) the
 estimated CUDA graph memory, and pages what is left as KV cache and DeltaNet state
 (vllm/v1/worker/gpu_worker.py determine_available_memory; planner/memory.py for the paging).
-SGLang's --mem-fraction-static covers weights and its pools; activations and graphs live
-outside it (sglang/srt/model_executor/model_runner.py), so the same terms are sized here and
-the fraction is derived from them.
+SGLang's --mem-fraction-static times the free memory before the weights load covers the
+weights and its pools; activations, graphs and the MTP draft's KV pool live outside it. The
+planner sizes those terms, derives the fraction from them, and splits the pool by SGLang's own
+rules (planner/sglang.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from .catalog import load_profile
+from . import sglang as sgl
 from .memory import DTYPE_BYTES, VllmLayout, deltanet_state_per_seq, kv_bytes_per_token, vllm_layout
 from .units import ceil_div
 from .variants import Variant
@@ -66,6 +68,7 @@ class Sized:
     kv_per_token: int
     state_per_seq: int
     layout: VllmLayout | None
+    sglang: sgl.SglangPool | None = None     # SGLang: its split of the pool (mamba slots, KV tokens)
 
     # --- what the cache holds --------------------------------------------------------------
     def blocks_for(self, tokens: int) -> int:
@@ -77,30 +80,47 @@ class Sized:
             return 0
         if self.layout:
             return self.layout.num_blocks(self.cache_bytes) // self.layout.blocks_per_request(tokens)
+        if self.sglang:
+            return min(self.sglang.kv_tokens // tokens, self.sglang.max_running_requests)
         return self.cache_bytes // (tokens * self.kv_per_token + self.state_per_seq)
+
+    def seqs_at(self, tokens: int) -> int:
+        """Sequences of `tokens` tokens the pool runs at once (SGLang: also bounded by its state slots)."""
+        if self.sglang:
+            return min(self.sglang.kv_tokens // max(1, tokens), self.sglang.mamba_slots // self.sglang.slots_per_request)
+        return max(0, self.cache_bytes // (tokens * self.kv_per_token + self.state_per_seq))
 
     def max_len(self) -> int:
         if self.cache_bytes <= 0:
             return 0
         if self.layout:
             return self.layout.max_model_len(self.cache_bytes)
+        if self.sglang:
+            return self.sglang.kv_tokens
         return max(0, (self.cache_bytes - self.state_per_seq) // self.kv_per_token)
 
     def kv_tokens(self, max_model_len: int) -> int:
-        """The engine's own 'KV cache size' figure (vLLM: tokens of full-length requests)."""
+        """The engine's own 'KV cache size' figure (vLLM: tokens of full-length requests;
+        SGLang: max_total_num_tokens)."""
         if self.layout:
             return self.layout.reported_tokens(self.cache_bytes, max_model_len)
+        if self.sglang:
+            return self.sglang.kv_tokens
         return max(0, self.cache_bytes // self.kv_per_token)
 
     def max_concurrency(self, max_model_len: int) -> float:
         if self.layout:
             return self.layout.max_concurrency(self.cache_bytes, max_model_len)
+        if self.sglang:
+            return min(self.sglang.kv_tokens / max_model_len, self.sglang.max_running_requests)
         return self.cache_bytes / (max_model_len * self.kv_per_token + self.state_per_seq)
 
     @property
     def total(self) -> int:
         inside = self.cudagraph if self.cudagraph_in_budget else 0
-        return self.weights + self.expert_cache + self.activation + self.non_torch + inside + max(0, self.cache_bytes)
+        draft = self.sglang.draft_kv_bytes if self.sglang else 0
+        return (self.weights + self.expert_cache + self.activation + self.non_torch + inside + max(0, self.cache_bytes)
+                + draft)
 
 
 def weights_on_gpu(c: Candidate) -> tuple[int, int, int]:
@@ -108,7 +128,9 @@ def weights_on_gpu(c: Candidate) -> tuple[int, int, int]:
     m = c.variant.model
     # vLLM's DP with an MoE model splits every expert over the DP x TP ranks.
     ep = c.tp * c.dp if _expert_dp(c) > 1 else 1
-    loaded = _loaded(c.variant.recipe, m.shape, m.vision_params, c.tp, ep, c.spec_tokens > 0, c.vision)
+    # SGLang builds the vision tower whatever the plan (profiles/memory.yaml sglang loads_vision).
+    vision = c.vision or bool(constants(c.family).get("loads_vision"))
+    loaded = _loaded(c.variant.recipe, m.shape, m.vision_params, c.tp, ep, c.spec_tokens > 0, vision)
     # Pipeline parallelism splits the decoder layers across stages (the largest stage counts).
     share = 1.0 if c.pp == 1 else ceil_div(m.shape.layers, c.pp) / m.shape.layers
     overhead = constants(c.family)["load_overhead_bytes"]
@@ -184,7 +206,10 @@ def cudagraph_bytes(c: Candidate) -> int:
     return k["cudagraph_base_bytes"] + per_size * cudagraph_capture_size(c)
 
 
-def size(c: Candidate, budget: int, cudagraph_profiled: bool) -> Sized:
+def size(c: Candidate, budget: int, cudagraph_profiled: bool, cuda_total: int | None = None,
+         knobs: sgl.Knobs | None = None) -> Sized:
+    if c.family == "sglang":
+        return _size_sglang(c, budget, cuda_total, knobs or sgl.Knobs())
     k = constants(c.family)
     m = c.variant.model
     weights, expert_cache, _ = weights_on_gpu(c)
@@ -204,6 +229,49 @@ def size(c: Candidate, budget: int, cudagraph_profiled: bool) -> Sized:
     return Sized(budget=budget, weights=weights, expert_cache=expert_cache, activation=activation,
                  non_torch=non_torch, cudagraph=cudagraph, cudagraph_in_budget=in_budget, cache_bytes=cache,
                  kv_per_token=kv_tok, state_per_seq=state, layout=layout)
+
+
+def _size_sglang(c: Candidate, budget: int, cuda_total: int | None, kn: sgl.Knobs) -> Sized:
+    """SGLang: the fraction (given, or the largest two-decimal one that leaves the planner's
+    reserve and the MTP draft's KV pool outside it within the budget), the pool it yields after
+    the weights, and SGLang's split of that pool (planner/sglang.py)."""
+    k = constants("sglang")
+    m = c.variant.model
+    weights, expert_cache, _ = weights_on_gpu(c)
+    activation = activation_bytes(c)
+    non_torch = k["non_torch_multi_gpu_bytes"] if c.tp * c.pp * c.dp > 1 else k["non_torch_bytes"]
+    cudagraph = cudagraph_bytes(c)
+    # Without the CUDA total the budget is taken as SGLang's 0.90 share of it (decide.py's default).
+    total = cuda_total or int(budget / 0.90)
+    pre = kn.pre_load_bytes if kn.pre_load_bytes is not None else total - non_torch
+    state = sgl.state_per_request(m.shape, c.tp, kn.ssm_dtype or state_dtype(c), c.pp)
+    cell = sgl.cell_bytes(m.shape, c.kv_dtype, c.tp, c.pp)
+    draft_tokens = c.spec_tokens + 1 if c.spec_tokens else 0
+    ratio = sgl.mamba_ratio(kn.strategy, kn.overlap, kn.radix_cache)
+    requests = kn.max_running_requests if kn.max_running_requests is not None else (
+        c.max_seqs if kn.requests_from_candidate else None)
+
+    def lay_out(fraction: float) -> sgl.SglangPool:
+        return sgl.split(sgl.pool_bytes(fraction, pre, weights + expert_cache), state_per_req=state, cell=cell,
+                         fraction=fraction, pre_load=pre, context_len=kn.context_len or m.native_context,
+                         max_running_requests=requests, draft_tokens=draft_tokens, slots_per_request=ratio,
+                         mamba_full_memory_ratio=kn.mamba_full_memory_ratio,
+                         max_mamba_cache_size=kn.max_mamba_cache_size, radix_cache=kn.radix_cache,
+                         page_size=kn.page_size, max_total_tokens=kn.max_total_tokens,
+                         draft_cell=sgl.draft_cell_bytes(m.shape, c.kv_dtype, c.tp))
+
+    if kn.mem_fraction_static is not None:
+        pool = lay_out(kn.mem_fraction_static)
+    else:
+        # What stays outside the fraction: activations, graphs and (second pass) the draft's KV.
+        draft = 0
+        for _ in range(2):
+            static = budget - non_torch - activation - cudagraph - draft
+            pool = lay_out(max(0.0, int(static / pre * 100) / 100))
+            draft = pool.draft_kv_bytes
+    return Sized(budget=budget, weights=weights, expert_cache=expert_cache, activation=activation,
+                 non_torch=non_torch, cudagraph=cudagraph, cudagraph_in_budget=True, cache_bytes=pool.pool_bytes,
+                 kv_per_token=cell, state_per_seq=state, layout=None, sglang=pool)
 
 
 def kv_dtype_bytes(kv_dtype: str) -> int:
@@ -232,6 +300,15 @@ def apply_measured(c: Candidate, s: Sized, observation: dict) -> Sized | None:
     weights = rep["weights_bytes"]
     if not 0 < weights < s.budget:
         return None        # no engine that started could have reported it: the formula stands
+    if s.sglang:
+        # SGLang: the same fraction over the same free memory, less what the loads really took.
+        p = s.sglang
+        pool = sgl.split(sgl.pool_bytes(p.mem_fraction_static, p.pre_load_bytes, weights), state_per_req=p.state_per_request,
+                         cell=p.cell_bytes, fraction=p.mem_fraction_static, pre_load=p.pre_load_bytes,
+                         context_len=c.variant.model.native_context, max_running_requests=c.max_seqs,
+                         draft_tokens=c.spec_tokens + 1 if c.spec_tokens else 0, slots_per_request=p.slots_per_request,
+                         draft_cell=sgl.draft_cell_bytes(c.variant.model.shape, c.kv_dtype, c.tp))
+        return replace(s, weights=weights, cache_bytes=pool.pool_bytes, sglang=pool)
     activation = rep.get("activation_bytes") if same_shape and rep.get("activation_bytes") else s.activation
     non_torch = rep.get("non_torch_bytes") or s.non_torch
     graph_estimate = rep.get("cudagraph_estimate_bytes", rep.get("cudagraph_bytes"))

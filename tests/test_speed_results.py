@@ -114,3 +114,19 @@ def test_speed_prediction_is_fast():
             speed.burst(sh, m, K, lay, conc, acceptance=acc)
     per_candidate = (time.perf_counter() - t) / 20
     assert per_candidate < 0.005, per_candidate
+
+
+def test_sglang_runs_are_shown_with_their_error_not_fitted():
+    """An SGLang run (here the fixture's log, with a load of its own) is predicted with the
+    constants SGLang borrows from vLLM (`same_as: vllm`), shown, and kept out of the fit and gate."""
+    from predict import Run
+    run = Run(ROOT / "tests" / "fixtures" / "sglang")
+    run.load = {"c1": {"tok_per_s": 150.0, "ttft_p50_s": 0.2}, "c32": {"tok_per_s": 1500.0, "ttft_p50_s": 0.9},
+                "c128": {"tok_per_s": 2500.0, "ttft_p50_s": 2.4}}
+    cells = fit_speed.cells_of(run)
+    assert [c.engine for c in cells] == ["sglang"] * 3 and not fit_speed.gated_cells(cells)
+    assert not fit_speed.own_constants("sglang")
+    # predicted at the 83 running requests SGLang set, at 0 % draft acceptance (dummy weights)
+    assert {c.case[2].max_seqs for c in cells} == {83} and {c.case[4] for c in cells} == {0.0}
+    assert all(fit_speed.predict_cell(c, K) > 0 for c in cells)
+    assert fit_speed.sglang_cells(CELLS + cells) == cells

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Predicted versus measured: the memory model's figures beside what vLLM reported, and the speed.
+"""Predicted versus measured: the memory model's figures beside what vLLM or SGLang reported, and the speed.
 
 Reads every benchmarks/gpu/results/<queue>/<job>/result.json and serve.log (written by runner.py
 on the GPU machine). The predictions are the memory model's *as it is now* for the command that
@@ -13,6 +13,10 @@ the tolerance (5 % by default) on any measured configuration, so it can gate a c
 vLLM prints its memory figures in GiB with two decimals (10 MiB steps), so a small term such as
 non-torch memory (~0.25 GiB) carries up to 2 % of rounding by itself; misses under 0.02 GiB are
 not counted.
+
+SGLang runs (result.json `engine: sglang`) are gated on what SGLang sizes from its pool — KV
+tokens and DeltaNet state slots (`max_mamba_cache_size`) — and show the weights (target + MTP
+draft), KV and state GiB, the MTP intermediates and draft KV, graphs and max running requests.
 """
 
 from __future__ import annotations
@@ -42,7 +46,23 @@ FIGURES = [
     ("max concurrency at max len", "max_concurrency", "max_concurrency", "x", True),
     ("attention block size", "block_size", "block_size", "tokens", True),
 ]
+# SGLang 0.5.14 (predict.predict_sglang; planner/sglang.py): gated on KV tokens and state slots.
+SGLANG_FIGURES = [
+    ("weights (target + MTP draft)", "weights_bytes", "weights_bytes", "GiB", False),
+    ("KV cache memory (target)", "kv_cache_bytes", "kv_cache_bytes", "GiB", False),
+    ("KV cache tokens", "kv_tokens", "kv_tokens", "tokens", True),
+    ("DeltaNet state slots", "mamba_cache_size", "mamba_cache_size", "tokens", True),
+    ("DeltaNet state memory", "mamba_cache_bytes", "mamba_cache_bytes", "GiB", False),
+    ("MTP intermediate states", "intermediate_bytes", "intermediate_bytes", "GiB", False),
+    ("MTP draft KV (outside the fraction)", "draft_kv_bytes", "draft_kv_bytes", "GiB", False),
+    ("CUDA graphs (captured)", "cudagraph_bytes", "cudagraph_bytes", "GiB", False),
+    ("max running requests", "max_running_requests", "max_running_requests", "tokens", False),
+]
 SMALL_ABS = {"GiB": 0.02 * GiB}   # misses smaller than this are rounding, whatever the percentage
+
+
+def is_sglang(r: dict) -> bool:
+    return r.get("engine") == "sglang" or (r.get("_cmp") or {}).get("engine") == "sglang"
 
 
 def load_results(root: Path) -> list[dict]:
@@ -52,8 +72,11 @@ def load_results(root: Path) -> list[dict]:
         r["_queue"] = f.parent.parent.name
         r["_dir"] = f.parent
         log = f.parent / "serve.log"
-        if (r.get("memory") or {}).get("kv_cache_bytes") and log.exists():
-            r["_cmp"] = predict(r["served_argv"], log.read_text(errors="replace"))
+        mem = r.get("memory") or {}
+        if (mem.get("kv_tokens") if r.get("engine") == "sglang" else mem.get("kv_cache_bytes")) and log.exists():
+            g = (r.get("gpus") or [{}])[0]
+            r["_cmp"] = predict(r["served_argv"], log.read_text(errors="replace"), engine=r.get("engine"),
+                                gpu=g.get("name"), gpu_mem_mib=g.get("memory_total_mib"))
         out.append(r)
     return out
 
@@ -74,14 +97,25 @@ def calibration(results: list[dict], tol: float) -> tuple[list[str], list[dict]]
         if "_cmp" not in r:
             continue
         p, m, st = r["_cmp"]["predicted"], r["_cmp"]["reported"], r["_cmp"]["settings"]
-        lines.append(f"\n**{r['name']}** ({r.get('kind')}{', plan `' + r['plan'] + '`' if r.get('plan') else ''}): "
+        figures = FIGURES
+        if is_sglang(r):
+            figures = SGLANG_FIGURES
+            lines.append(f"\n**{r['name']}** (SGLang {r['_cmp']['version']}, {r.get('kind')}"
+                         f"{', plan `' + r['plan'] + '`' if r.get('plan') else ''}): {st['variant']}, "
+                         f"{st['max_model_len']:,} tokens, max running requests {st['max_num_seqs'] or 'default'}, "
+                         f"chunk {st['batched_tokens']:,}, KV {st['kv_dtype']}, MTP {st['spec'] or 'off'}, TP {st['tp']}, "
+                         f"mem_fraction_static {st['mem_fraction_static']:.4g} ({st['mem_fraction_source']}), "
+                         f"mamba {st['strategy']}; free before loading "
+                         f"{p['pre_load_bytes'] / GiB:.2f} GiB\n")
+        else:
+            lines.append(f"\n**{r['name']}** ({r.get('kind')}{', plan `' + r['plan'] + '`' if r.get('plan') else ''}): "
                      f"{st['variant']}, {st['max_model_len']:,} tokens, {st['max_num_seqs']} seqs, "
                      f"{st['batched_tokens']:,} batched tokens, KV {st['kv_dtype']}, MTP {st['spec'] or 'off'}, "
                      f"TP {st['tp']}{', eager' if st['eager'] else ''}, gmu {st['gmu']}, "
                      f"CUDA total {r['_cmp']['cuda_total'] / GiB:.2f} GiB; vLLM {r['_cmp']['version']}\n")
         lines.append("| figure | predicted | measured | miss |")
         lines.append("|---|---:|---:|---:|")
-        for label, pk, mk, unit, gated in FIGURES:
+        for label, pk, mk, unit, gated in figures:
             pv, mv = (p.get(pk) if pk else None), m.get(mk)
             miss = ""
             if pv is not None and mv not in (None, 0):
@@ -105,7 +139,7 @@ def summary(results: list[dict]) -> list[str]:
     def rel(p, m, k):
         return f"{(p[k] - m[k]) / m[k] * 100:+.1f} %"
     for r in results:
-        if "_cmp" not in r:
+        if "_cmp" not in r or is_sglang(r):
             continue
         p, m = r["_cmp"]["predicted"], r["_cmp"]["reported"]
         gpu = ((r.get("gpus") or [{}])[0]).get("name", r["_queue"]).replace("NVIDIA ", "")
@@ -116,12 +150,32 @@ def summary(results: list[dict]) -> list[str]:
     return lines
 
 
+def sglang_summary(results: list[dict]) -> list[str]:
+    """One line per SGLang run: the gated figures (KV tokens, state slots) and what they run."""
+    lines = ["| run | GPU | fraction | weights GiB pred / meas | KV GiB pred / meas | KV tokens pred / meas | "
+             "state slots pred / meas | max running requests pred / meas |", "|---|---|---:|---|---|---|---|---|"]
+
+    def pair(p, m, k, unit):
+        mv = m.get(k)
+        miss = f" ({(p[k] - mv) / mv * 100:+.1f} %)" if mv else ""
+        return f"{fmt(p.get(k), unit)} / {fmt(mv, unit)}{miss}"
+    for r in results:
+        if "_cmp" not in r or not is_sglang(r):
+            continue
+        p, m, st = r["_cmp"]["predicted"], r["_cmp"]["reported"], r["_cmp"]["settings"]
+        gpu = ((r.get("gpus") or [{}])[0]).get("name", r["_queue"]).replace("NVIDIA ", "")
+        lines.append(f"| {r['name']} | {gpu} | {st['mem_fraction_static']:.4g} | {pair(p, m, 'weights_bytes', 'GiB')} | "
+                     f"{pair(p, m, 'kv_cache_bytes', 'GiB')} | {pair(p, m, 'kv_tokens', 'tokens')} | "
+                     f"{pair(p, m, 'mamba_cache_size', 'tokens')} | {pair(p, m, 'max_running_requests', 'tokens')} |")
+    return lines
+
+
 def measured_only(results: list[dict]) -> list[str]:
     """Every run's own figures."""
     lines = ["| job | max_num_seqs | block | weights | activation | non-torch | graphs est. / captured | KV memory | "
              "KV tokens | max conc. |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        if "_cmp" not in r:
+        if "_cmp" not in r or is_sglang(r):
             continue
         m, st = r["_cmp"]["reported"], r["_cmp"]["settings"]
         lines.append(f"| {r['name']} | {st['max_num_seqs']} | {fmt(m.get('block_size'), 'tokens')} | "
@@ -180,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("### Memory model: predicted vs measured, every run\n")
         print("\n".join(summary(results)))
+        if any(is_sglang(r) and "_cmp" in r for r in results):
+            print("\n### SGLang: predicted vs measured (gated: KV tokens, state slots)\n")
+            print("\n".join(sglang_summary(results)))
         print("\n### Every figure, per run")
         print("\n".join(cal) if cal else "\n(no run measured)")
         print("\n### What vLLM reported, every run (GiB; plans and baselines)\n")

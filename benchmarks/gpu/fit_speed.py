@@ -8,6 +8,10 @@ Least squares on log(tokens/s) over the non-MTP runs' c1/c32/c128 cells (MTP run
 with dummy weights, which accept no draft: they are predicted at 0 % acceptance and reported,
 not fitted). Leave-one-GPU-out: for each GPU model, the constants are fitted on the other GPUs'
 runs and that GPU's runs are predicted. Nelder-Mead in log space, standard library only.
+
+SGLang runs (result.json `engine: sglang`) are predicted with the constants the planner uses for
+SGLang (profiles/speed.yaml `sglang:`: `same_as: vllm` until SGLang has its own) and shown with
+their error; they are fitted and gated only once the `sglang:` block holds its own constants.
 """
 
 from __future__ import annotations
@@ -42,7 +46,14 @@ class Cell:
     ttft: float
     mtp: bool
     first_start: bool
-    case: tuple          # (step shape, machine, layout, concurrency)
+    case: tuple          # (step shape, machine, layout, concurrency, acceptance)
+    engine: str = "vllm"
+
+
+def own_constants(engine: str) -> bool:
+    """Whether the speed profile holds constants of this engine's own (not `same_as` another's)."""
+    block = speed.profile().get(engine) or {}
+    return engine == "vllm" or ("fitted" in block and "same_as" not in block)
 
 
 def gpu_model(run: Run) -> str:
@@ -51,6 +62,8 @@ def gpu_model(run: Run) -> str:
 
 def cells_of(run: Run) -> list[Cell]:
     import re
+    if run.engine == "sglang":
+        return sglang_cells_of(run)
     total = re.findall(r"Free memory on device \([0-9.]+/([0-9.]+) GiB\)", run.log)
     version = re.search(r"vLLM API server version ([0-9.]+)", run.log) or re.search(r"\(v([0-9.]+)\)", run.log)
     st = served_settings(run.argv, version.group(1), int(float(total[-1]) * (1 << 30)))
@@ -67,9 +80,29 @@ def cells_of(run: Run) -> list[Cell]:
             for lv in LEVELS]
 
 
+def sglang_cells_of(run: Run) -> list[Cell]:
+    """An SGLang run: the served command as predict.py reads it (SGLang's defaults for absent
+    flags), at the max running requests SGLang set; dummy weights accept no MTP draft."""
+    out = run.predict()
+    cand = replace(out["candidate"], max_seqs=max(1, out["reported"].get("max_running_requests")
+                                      or out["predicted"]["max_running_requests"]))
+    lay = speed.layout_of(cand)
+    v = cand.variant
+    sh = speed.step_shape(v.recipe, v.model.shape, v.model.vision_params, lay)
+    m = speed.machine_for(run.gpu, nvlink=run.nvlink)
+    return [Cell(run.name, gpu_model(run), lv, run.load[lv]["tok_per_s"], run.load[lv]["ttft_p50_s"], run.mtp,
+                 run.first_fp8_start, (sh, m, lay, int(lv[1:]), 0.0), engine="sglang")
+            for lv in LEVELS if lv in run.load]
+
+
+def constants_for(c: Cell, k: speed.Constants) -> speed.Constants:
+    """The constants a cell is predicted with: `k` for vLLM's, the engine's own where it has them."""
+    return k if c.engine == "vllm" or not own_constants(c.engine) else speed.Constants.for_engine(c.engine)
+
+
 def burst_of(c: Cell, k: speed.Constants) -> speed.Burst:
     sh, m, lay, conc, acc = c.case
-    return speed.burst(sh, m, k, lay, conc, acceptance=acc)
+    return speed.burst(sh, m, constants_for(c, k), lay, conc, acceptance=acc)
 
 
 def predict_cell(c: Cell, k: speed.Constants) -> float:
@@ -158,9 +191,14 @@ def evaluate(cells: list[Cell], base: speed.Constants, folds: dict[str, speed.Co
     return {"in_sample": ins, "leave_one_gpu_out": logo, "not_gated": errors(shown, base)}
 
 
+def sglang_cells(cells: list[Cell]) -> list[Cell]:
+    return [c for c in cells if c.engine == "sglang"]
+
+
 def gated_cells(cells: list[Cell]) -> list[Cell]:
-    """The cells the accuracy gate counts: no MTP (dummy weights), no first FP8 start of a machine."""
-    return [c for c in cells if not c.mtp and not c.first_start]
+    """The cells the accuracy gate counts: no MTP (dummy weights), no first FP8 start of a machine,
+    and vLLM's runs only while SGLang borrows vLLM's constants (its runs are shown, not fitted)."""
+    return [c for c in cells if not c.mtp and not c.first_start and c.engine == "vllm"]
 
 
 def summary(rows) -> str:
@@ -172,7 +210,7 @@ def summary(rows) -> str:
 
 def fit_draft(cells: list[Cell], k: speed.Constants) -> speed.Constants:
     """The MTP draft pass's fixed cost, on the MTP runs alone (golden-section search in log space)."""
-    mtp = [c for c in cells if c.mtp and not c.first_start]
+    mtp = [c for c in cells if c.mtp and not c.first_start and c.engine == "vllm"]
     if not mtp:
         return k
     f = lambda x: sum(math.log(predict_cell(c, replace(k, draft_overhead_s=math.exp(x))) / c.measured) ** 2  # noqa: E731

@@ -17,7 +17,13 @@ SITE=${SITE:-/tmp/site}
 SGSITE=${SGSITE:-/tmp/sgsite}
 # SGLang runs (README.md, "Carrying SGLang 0.5.14"): FlashInfer is carried only for an import, so it is
 # switched off as if absent; DeepGEMM is not carried (its FP8 precompile takes 10-20 min at start)
-sgl_env() { export PYTHONPATH=$SGSITE SGLANG_IS_FLASHINFER_AVAILABLE=false SGLANG_ENABLE_JIT_DEEPGEMM=0 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1; }
+# (flags: --attention-backend triton --sampling-backend pytorch). CUDA_HOME: SGLang's own kernels are
+# compiled by apache-tvm-ffi, which otherwise guesses it from `which nvcc` and links -lcudart from there
+# (a /usr/local/bin/nvcc wrapper gives /usr/local/lib64: "cannot find -lcudart", seen on the prep box)
+sgl_env() {
+  export PYTHONPATH=$SGSITE SGLANG_IS_FLASHINFER_AVAILABLE=false SGLANG_ENABLE_JIT_DEEPGEMM=0 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+  if [ -z "${CUDA_HOME:-}" ] && [ -e /usr/local/cuda/lib64/libcudart.so ]; then export CUDA_HOME=/usr/local/cuda; fi
+}
 site_env() { export PYTHONPATH=$SITE VLLM_USE_FLASHINFER_SAMPLER=0 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1; }
 cmd=${1:-}; shift || true
 case "$cmd" in

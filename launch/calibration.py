@@ -32,11 +32,13 @@ WEIGHTS_TOLERANCE = 0.25
 AGREEMENT = 0.02
 # Figures of a report, by kind. Bytes must lie between 0 and the GPU's memory.
 _BYTES = ("weights_bytes", "activation_bytes", "non_torch_bytes", "cudagraph_bytes", "cudagraph_estimate_bytes",
-          "cudagraph_captured_bytes", "kv_cache_bytes", "requested_bytes", "kv_fit_bytes", "needed_bytes")
+          "cudagraph_captured_bytes", "kv_cache_bytes", "requested_bytes", "kv_fit_bytes", "needed_bytes",
+          "pre_load_bytes", "mamba_cache_bytes", "intermediate_bytes", "draft_kv_bytes", "available_after_start_bytes")
 _COUNTS = ("kv_tokens", "concurrency_tokens", "block_size", "max_model_len_estimate", "mamba_cache_size",
-           "max_running_requests", "context_len")
-_REALS = ("max_concurrency", "memory_fraction", "init_seconds")
-_TEXTS = ("engine", "version")
+           "max_running_requests", "context_len", "weights_loads", "max_prefill_tokens")
+_SIGNED = ("chunked_prefill_size",)     # SGLang logs -1 for chunked prefill off
+_REALS = ("max_concurrency", "memory_fraction", "init_seconds", "mem_fraction_static")
+_TEXTS = ("engine", "version", "kv_cache_dtype")
 _PREDICTED = ("weights_bytes", "activation_bytes", "non_torch_bytes", "cudagraph_bytes", "kv_cache_bytes",
               "kv_cache_tokens")
 
@@ -96,6 +98,8 @@ def check_observation(o, i: int) -> None:
             _number(v, where, integer=True, high=total, low_open=k == "weights_bytes")
         elif k in _COUNTS:
             _number(v, where, integer=True, high=1 << 40)
+        elif k in _SIGNED:
+            _number(v, where, integer=True, low=-1, high=1 << 40)
         elif k in _REALS:
             _number(v, where, integer=False, high=1 << 40)
         elif k in _TEXTS:
@@ -299,9 +303,14 @@ def compare(predicted: dict, reported: dict, tolerance: float = 0.10) -> list[st
     """Lines naming each figure that missed by more than the tolerance."""
     pairs = (("weights_bytes", "weights_bytes"), ("activation_bytes", "activation_bytes"),
              ("kv_cache_bytes", "kv_cache_bytes"), ("kv_cache_tokens", "kv_tokens"))
+    # An SGLang plan's kv_cache_bytes is its whole pool (KV + DeltaNet states); SGLang reports the
+    # KV tensors apart ('KV Cache is allocated'): the plan's own KV part is the figure to compare.
+    sgl_kv = (predicted.get("sglang") or {}).get("kv_bytes")
     out = []
     for p_key, r_key in pairs:
         p, r = predicted.get(p_key), reported.get(r_key)
+        if p_key == "kv_cache_bytes" and sgl_kv is not None:
+            p = sgl_kv
         if p and r and abs(p - r) / r > tolerance:
             out.append(f"{p_key}: predicted {p:,}, the engine reported {r:,} ({(p - r) / r:+.0%})")
     return out

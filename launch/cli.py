@@ -512,7 +512,8 @@ def _report(plan_doc: dict, lines: list[str], source: str, smoke=None) -> None:
             ("activation peak", m.get("activation_bytes"), rep.get("activation_bytes")),
             ("non-torch", m.get("non_torch_bytes"), rep.get("non_torch_bytes")),
             ("CUDA graphs", m.get("cudagraph_bytes"), rep.get("cudagraph_bytes")),
-            ("KV cache memory", m.get("kv_cache_bytes"), rep.get("kv_cache_bytes")),
+            # SGLang: the plan's KV tensors (its kv_cache_bytes is the whole pool, DeltaNet states too)
+            ("KV cache memory", (m.get("sglang") or {}).get("kv_bytes", m.get("kv_cache_bytes")), rep.get("kv_cache_bytes")),
             ("KV cache tokens", m.get("kv_cache_tokens"), rep.get("kv_tokens"))]
 
     def show(name, v):

@@ -1,7 +1,8 @@
 """Reading what an engine says about memory in its log (vLLM and SGLang).
 
-The lines matched here are the real ones (shared/gpu-truth/*.log for vLLM 0.26); each figure
-is kept in bytes, as the memory model predicts them, so both can be shown side by side.
+The lines matched here are the real ones (shared/gpu-truth/*.log for vLLM 0.26; SGLang 0.5.14's
+own format strings, file by file below); each figure is kept in bytes, as the memory model
+predicts them, so both can be shown side by side.
 """
 
 from __future__ import annotations
@@ -42,6 +43,18 @@ class MemoryReport:
     mamba_cache_size: int | None = None      # SGLang: requests' DeltaNet states allocated
     max_running_requests: int | None = None
     context_len: int | None = None
+    # SGLang (kv_cache_bytes / kv_tokens: the target's pool; weights_bytes: every load, target + MTP
+    # draft; cudagraph_bytes: every capture; figures of the first GPU, rank 0)
+    pre_load_bytes: int | None = None        # free memory when the weights began to load (SGLang sizes on it)
+    weights_loads: int | None = None         # 'Load weight end' lines: 2 with an MTP draft
+    mamba_cache_bytes: int | None = None     # DeltaNet conv + ssm states of the slots
+    intermediate_bytes: int | None = None    # MTP verify: intermediate ssm states + conv windows
+    draft_kv_bytes: int | None = None        # the MTP draft's own KV pool
+    kv_cache_dtype: str | None = None
+    mem_fraction_static: float | None = None  # the fraction SGLang used (its default when not given)
+    chunked_prefill_size: int | None = None
+    max_prefill_tokens: int | None = None
+    available_after_start_bytes: int | None = None  # free memory once started ('available_gpu_mem')
     init_seconds: float | None = None
     sources: dict[str, str] = field(default_factory=dict)   # figure -> the log line it came from
 
@@ -63,15 +76,12 @@ _GIB_RULES: list[tuple[str, re.Pattern]] = [
 _INT_RULES: list[tuple[str, re.Pattern]] = [
     ("kv_tokens", re.compile(r"GPU KV cache size: " + _NUM + r" tokens")),
     ("block_size", re.compile(r"Setting attention block size to " + _NUM + r" tokens")),
-    ("kv_tokens", re.compile(r"KV Cache is allocated\. #tokens: " + _NUM)),
-    ("mamba_cache_size", re.compile(r"max_mamba_cache_size: " + _NUM)),
-    ("kv_tokens", re.compile(r"max_total_num_tokens=" + _NUM)),
-    ("max_running_requests", re.compile(r"max_running_requests=" + _NUM)),
-    ("context_len", re.compile(r"context_len=" + _NUM)),
 ]
 _VERSION = [("vllm", re.compile(r"version (\d+\.\d+\.\d+\S*)\s*$")),
             ("vllm", re.compile(r"Initializing a V1 LLM engine \(v(\d+\.\d+\.\d+[^)]*)\)")),
-            ("sglang", re.compile(r"sglang(?:==|\s+version\s+)(\d+\.\d+\.\d+\S*)"))]
+            # SGLang logs no version: benchmarks/gpu/runner.py heads its serve.log with the
+            # installed one ('sglang==0.5.14'), `sglang version` prints 'sglang version: 0.5.14'
+            ("sglang", re.compile(r"\bsglang(?:==|\s+version:?\s+)(\d+\.\d+\.\d+\S*)"))]
 _CONCURRENCY = re.compile(r"Maximum concurrency for " + _NUM + r" tokens per request: " + _NUM + r"x")
 _USAGE = re.compile(r"Desired GPU memory utilization is \(" + _NUM + r", " + _NUM + r" GiB\)\. Actual usage is "
                     + _NUM + r" GiB for weight, " + _NUM + r" GiB for peak activation, " + _NUM
@@ -81,13 +91,109 @@ _NEEDED = re.compile(r"max seq len \((\d+)\), \(" + _NUM + r" GiB KV cache is ne
                      r"length is (\d+)")
 _INIT = re.compile(r"init engine \(profile, create kv cache, warmup model\) took " + _NUM + r" s")
 
+# --- SGLang 0.5.14 ------------------------------------------------------------------------------
+# Its "GB" is GiB: utils/common.py get_available_gpu_memory returns free bytes / (1 << 30), and
+# mem_cache/memory_pool.py divides by GB = 1024 * 1024 * 1024. The format strings, by file:
+_SG_START = re.compile(r"server_args=ServerArgs\(")                        # entrypoints/engine.py
+_SG_FRACTION = re.compile(r"server_args=ServerArgs\(.*?\bmem_fraction_static=" + _NUM)
+_SG_LOAD_BEGIN = re.compile(r"Load weight begin\. avail mem=" + _NUM + r" GB")   # model_executor/model_runner.py
+_SG_LOAD_END = re.compile(r"Load weight end\. elapsed=[0-9.]+ s, .*?avail mem=" + _NUM + r" GB, mem usage="
+                          + _NUM + r" GB")
+# mem_cache/memory_pool.py _finalize_allocation_log: "K size/V size" (MHA pools) or "KV size" (MLA)
+_SG_KV = re.compile(r"KV Cache is allocated\. dtype: (\S+), #tokens: (\d+), (?:K size: " + _NUM + r" GB, V size: "
+                    + _NUM + r" GB|KV size: " + _NUM + r" GB)")
+# mem_cache/memory_pool.py MambaPool: the MTP form adds the verify intermediates
+_SG_MAMBA = re.compile(r"Mamba Cache is allocated\. max_mamba_cache_size: (\d+), conv_state size: " + _NUM
+                       + r"GB, ssm_state size: " + _NUM + r"GB(?: intermediate_ssm_state_cache size: " + _NUM
+                       + r"GB intermediate_conv_window_cache size: " + _NUM + r"GB)?")
+# model_runner.py (target/draft decode, verify, prefill) and speculative/eagle_worker_v2.py (draft
+# decode, draft extend): "Capture <what> CUDA graph end. elapsed=.. s, mem usage=.. GB, avail mem=.. GB."
+_SG_CAPTURE = re.compile(r"Capture [\w -]+? (?:CUDA|cuda) graph end\. elapsed=[0-9.]+ s, mem usage=(-?[0-9.]+) GB")
+# managers/scheduler.py, once the pools and graphs are in place
+_SG_SCHED = re.compile(r"max_total_num_tokens=(\d+), chunked_prefill_size=(-?\d+), max_prefill_tokens=(\d+), "
+                       r"max_running_requests=(\d+), context_len=(\d+), available_gpu_mem=" + _NUM + r" GB")
+# Every rank logs its own lines, tagged in the prefix ("[time TP1]", "[time DP0 TP1 EP1]"):
+# the figures kept are the first GPU's.
+_SG_OTHER_RANK = re.compile(r"^\[[^\]]*?\b(?:DP|PP|TP|EP|ATTN_CP|MOE_DP)(?!0\b)\d+\b[^\]]*\]")
+
+
+class _SGLang:
+    """One SGLang start's figures: loads, pools and captures add up within a start; a restart
+    in the same log ('server_args=' again) starts them over."""
+
+    FIELDS = ("pre_load_bytes", "weights_bytes", "weights_loads", "kv_cache_bytes", "kv_tokens", "kv_cache_dtype",
+              "draft_kv_bytes", "mamba_cache_size", "mamba_cache_bytes", "intermediate_bytes", "cudagraph_bytes",
+              "max_running_requests", "context_len", "chunked_prefill_size", "max_prefill_tokens",
+              "available_after_start_bytes", "mem_fraction_static")
+
+    def __init__(self):
+        self.loads: list[float] = []
+        self.captures: list[float] = []
+        self.kv: list[tuple[str, int, float]] = []
+        self.pre_load: float | None = None
+        self.mamba = False
+        self.seen = False
+
+    def read(self, line: str, r: MemoryReport) -> None:
+        if _SG_START.search(line):
+            self.__init__()
+            self.seen = True
+            for key in self.FIELDS:
+                setattr(r, key, None)
+            m = _SG_FRACTION.search(line)
+            if m:
+                r.mem_fraction_static = _num(m.group(1))
+            return
+        if _SG_OTHER_RANK.search(line):
+            return
+        src = line.strip()
+        if (m := _SG_LOAD_BEGIN.search(line)) and self.pre_load is None:
+            self.pre_load = _num(m.group(1))         # the target's; the draft's comes after its load
+            r.pre_load_bytes = int(self.pre_load * GiB)
+            r.sources["pre_load_bytes"] = src
+        elif m := _SG_LOAD_END.search(line):
+            self.loads.append(_num(m.group(2)))
+            r.weights_bytes, r.weights_loads = int(sum(self.loads) * GiB), len(self.loads)
+            r.sources["weights_bytes"] = src
+        elif m := _SG_KV.search(line):
+            gib = _num(m.group(3)) + _num(m.group(4)) if m.group(3) else _num(m.group(5))
+            self.kv.append((m.group(1), int(m.group(2)), gib))
+            if len(self.kv) == 1:                    # the target's pool; an MTP draft's follows it
+                r.kv_cache_dtype, r.kv_tokens, r.kv_cache_bytes = self.kv[0][0].removeprefix("torch."), self.kv[0][1], int(gib * GiB)
+                r.sources["kv_cache_bytes"] = src
+            else:
+                r.draft_kv_bytes = int(sum(g for _, _, g in self.kv[1:]) * GiB)
+                r.sources["draft_kv_bytes"] = src
+        elif (m := _SG_MAMBA.search(line)) and not self.mamba:
+            self.mamba = True
+            r.mamba_cache_size = int(m.group(1))
+            r.mamba_cache_bytes = int((_num(m.group(2)) + _num(m.group(3))) * GiB)
+            if m.group(4):
+                r.intermediate_bytes = int((_num(m.group(4)) + _num(m.group(5))) * GiB)
+            r.sources["mamba_cache_size"] = src
+        elif m := _SG_CAPTURE.search(line):
+            self.captures.append(_num(m.group(1)))
+            r.cudagraph_bytes = int(sum(self.captures) * GiB)
+            r.sources["cudagraph_bytes"] = src
+        elif m := _SG_SCHED.search(line):
+            r.kv_tokens, r.chunked_prefill_size, r.max_prefill_tokens = int(m.group(1)), int(m.group(2)), int(m.group(3))
+            r.max_running_requests, r.context_len = int(m.group(4)), int(m.group(5))
+            r.available_after_start_bytes = int(_num(m.group(6)) * GiB)
+            for key in ("kv_tokens", "max_running_requests", "context_len"):
+                r.sources[key] = src
+        else:
+            return
+        self.seen = True
+
 
 def parse_memory(lines) -> MemoryReport:
     """Every memory figure the log states (later lines win: a restart logs them again)."""
     r = MemoryReport()
+    sg = _SGLang()
     for line in lines:
         if "sglang" in line.lower() and r.engine is None:
             r.engine = "sglang"
+        sg.read(line, r)
         for engine, rx in _VERSION:
             m = rx.search(line)
             if m and not r.version:
@@ -127,6 +233,9 @@ def parse_memory(lines) -> MemoryReport:
         m = _INIT.search(line)
         if m:
             r.init_seconds = _num(m.group(1))
+    if sg.seen:
+        r.engine = "sglang"
+        return r
     # The budget holds the estimate (vLLM >= 0.20 profiles graphs before sizing the cache);
     # without one, what the graphs took is the figure to plan with.
     r.cudagraph_bytes = r.cudagraph_estimate_bytes if r.cudagraph_estimate_bytes is not None else r.cudagraph_captured_bytes

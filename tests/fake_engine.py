@@ -21,6 +21,17 @@ leaves a worker behind in its process group). FAKE_ENGINE_NO_TOKENS=1 answers ch
 with no content; FAKE_ENGINE_ECHO=1 prints its environment and argv to its log, as an engine's
 debug output may. FAKE_ENGINE_LISTEN_FROM=PATH takes its listening socket from the Unix socket at
 PATH (tests.fake_engine.PortHandoff), so no other process can take the port in between.
+
+SGLang mode (argv `-m sglang.launch_server ...`, or FAKE_ENGINE_KIND=sglang): flags are checked
+as SGLang's argparse does (an unambiguous prefix such as `--tp` is its flag), the log carries
+SGLang 0.5.14's own lines (server_args=, Load weight begin/end, Mamba/KV Cache is allocated,
+Capture ... CUDA graph end, the scheduler's max_total_num_tokens=... line; an MTP start loads
+and pools a draft too) with figures that follow the argv (--mem-fraction-static,
+--max-running-requests, --context-length, --kv-cache-dtype, --speculative-algorithm), and the
+server answers what SGLang answers: /health, /model_info, /server_info, /generate with
+input_ids (streaming output_ids and meta_info.completion_tokens, exactly max_new_tokens with
+ignore_eos), /v1/models; with --skip-tokenizer-init, text prompts are refused and
+/v1/completions streams one error chunk, as SGLang 0.5.14 does (see benchmarks/gpu/load.py).
 """
 
 from __future__ import annotations
@@ -72,6 +83,10 @@ def parse(argv: list[str]) -> tuple[str, dict]:
             i += 1
             continue
         key, eq, val = a.partition("=")
+        if engine == "sglang" and flags is not None and key not in flags:
+            # SGLang's parser is plain argparse (allow_abbrev): a unique prefix names its flag
+            whole = [f for f in flags if f.startswith(key)]
+            key = whole[0] if len(whole) == 1 else key
         if flags is not None and key not in flags:
             bad.append(a)
         if eq:
@@ -123,6 +138,10 @@ class Handler(BaseHTTPRequestHandler):
     name = "model"
     api_key: str | None = None
     max_len = 0
+    engine = "vllm"
+    model_path = "model"
+    skip_tokenizer = False
+    server_args: dict = {}
 
     def log_message(self, fmt, *args):  # one access line, like uvicorn
         print(f"INFO:     {self.client_address[0]} - \"{self.requestline}\" {args[1] if len(args) > 1 else ''}", flush=True)
@@ -158,12 +177,51 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/v1/models" and self.ready.is_set():
             return self._send(200, {"object": "list", "data": [
                 {"id": self.name, "object": "model", "max_model_len": self.max_len}]})
+        if self.engine == "sglang" and self.path == "/model_info":
+            return self._send(200, {"model_path": self.model_path, "is_generation": True,
+                                    "has_image_understanding": True, "model_type": "qwen3_5_moe"})
+        if self.engine == "sglang" and self.path == "/server_info" and self.ready.is_set():
+            return self._send(200, {**self.server_args, "version": VERSION, "internal_states": []})
         self._send(404, {"error": "not found"})
+
+    def _sglang_generate(self, body: dict):
+        """SGLang's native /generate: input_ids in, output_ids out (cumulative when streaming)."""
+        if body.get("input_ids") is None:
+            if self.skip_tokenizer:      # tokenizer_manager.py, the message SGLang 0.5.14 answers with
+                return self._send(400, {"error": {"message": "The engine initialized with skip_tokenizer_init=True "
+                                                  "cannot accept text prompts. Please provide input_ids or "
+                                                  "re-initialize the engine with skip_tokenizer_init=False.",
+                                                  "type": "BadRequest", "code": 400}})
+            prompt_tokens = 9
+        else:
+            prompt_tokens = len(body["input_ids"])
+        sp = body.get("sampling_params") or {}
+        n = int(sp.get("max_new_tokens") or 128)
+        if not sp.get("ignore_eos"):
+            n = max(min(n, 6), min(n, int(sp.get("min_new_tokens") or 0)))   # "EOS" after six tokens
+
+        def chunk(k: int) -> str:
+            done = k == n
+            return json.dumps({"output_ids": [100] * k, "meta_info": {
+                "id": "fake", "prompt_tokens": prompt_tokens, "completion_tokens": k, "cached_tokens": 0,
+                "finish_reason": {"type": "length", "length": n} if done else None}})
+        if body.get("stream"):
+            return self._send(200, stream=[chunk(k) for k in range(1, n + 1)])
+        return self._send(200, json.loads(chunk(n)))
 
     def do_POST(self):
         if not self._authorized():
             return
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        if self.engine == "sglang" and self.path == "/generate":
+            return self._sglang_generate(body)
+        if self.engine == "sglang" and self.skip_tokenizer and self.path == "/v1/completions":
+            # SGLang 0.5.14's completions handler reads content["text"], which outputs without a
+            # tokenizer lack: the stream is one error chunk (serving_completions.py)
+            if body.get("stream"):
+                return self._send(200, stream=[json.dumps({"object": "error", "message": "'text'",
+                                                           "type": "BadRequestError", "param": None, "code": 400})])
+            return self._send(400, {"object": "error", "message": "'text'", "type": "BadRequestError", "code": 400})
         if body.get("model") != self.name:
             return self._send(404, {"error": f"model {body.get('model')!r} not served"})
         words = ["Hello", " from", " the", " fake", " engine", "."]
@@ -246,6 +304,66 @@ class PortHandoff:
         self.close()
 
 
+def sglang_log(msg: str, rank: bool = True) -> None:
+    """SGLang's log format (utils/common.py configure_logger: "[%(asctime)s TP0] %(message)s")."""
+    print(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}{' TP0' if rank else ''}] {msg}", flush=True)
+
+
+def sglang_start(opts: dict) -> dict:
+    """Log SGLang 0.5.14's memory lines for this argv (its format strings; the figures are a stand-in
+    that follows the argv, not SGLang's arithmetic) and return the arguments it resolved."""
+    model = str(opts.get("--model-path") or "")
+    fp8 = "fp8" in model.lower()
+    fraction = float(opts.get("--mem-fraction-static") or 0.835)
+    context = int(opts.get("--context-length") or 262144)
+    asked = int(opts["--max-running-requests"]) if opts.get("--max-running-requests") else None
+    chunk = int(opts.get("--chunked-prefill-size") or 8192)
+    mtp = bool(opts.get("--speculative-algorithm"))
+    kv_dtype = "torch.float8_e4m3fn" if str(opts.get("--kv-cache-dtype", "auto")).startswith("fp8") else "torch.bfloat16"
+    args = {"model_path": model, "load_format": opts.get("--load-format", "auto"), "context_length": context,
+            "mem_fraction_static": fraction, "max_running_requests": asked, "chunked_prefill_size": chunk,
+            "speculative_algorithm": opts.get("--speculative-algorithm"), "skip_tokenizer_init": bool(
+                opts.get("--skip-tokenizer-init")), "attention_backend": opts.get("--attention-backend")}
+    sglang_log("server_args=ServerArgs(" + ", ".join(f"{k}={v!r}" for k, v in args.items()) + ")", rank=False)
+    sglang_log("Init torch distributed begin.")
+    sglang_log("Init torch distributed ends. elapsed=0.35 s, mem usage=0.00 GB")
+    pre, weights, draft = 139.27, (34.21 if fp8 else 66.93), (0.82 if fp8 else 1.58)
+    sglang_log(f"Load weight begin. avail mem={pre:.2f} GB")
+    sglang_log(f"Load weight end. elapsed=14.02 s, type=Qwen3_5MoeForConditionalGeneration, "
+               f"{'quant=fp8, ' if fp8 else ''}avail mem={pre - weights:.2f} GB, mem usage={weights:.2f} GB.")
+    avail = pre - weights
+    if mtp:
+        sglang_log(f"Load weight begin. avail mem={avail:.2f} GB")
+        sglang_log(f"Load weight end. elapsed=1.87 s, type=Qwen3_5ForCausalLMMTP, avail mem={avail - draft:.2f} GB, "
+                   f"mem usage={draft:.2f} GB.")
+        avail -= draft
+    pool = pre * fraction - weights - (draft if mtp else 0)
+    slots = int(pool * 0.9 / 1.9 * (1 << 30) // 64389120)
+    state = slots * 64389120 / (1 << 30)
+    per_token = 10240 if kv_dtype.endswith("fn") else 20480
+    tokens = int((pool - state) * (1 << 30) // per_token)
+    requests = min(asked or 4096, tokens // 2, slots // (5 if mtp else 1))
+    half = tokens * per_token / 2 / (1 << 30)
+    sglang_log(f"Mamba Cache is allocated. max_mamba_cache_size: {slots}, conv_state size: {state * 0.023:.2f}GB, "
+               f"ssm_state size: {state * 0.977:.2f}GB " + (f"intermediate_ssm_state_cache size: {state * 0.6:.2f}GB "
+                                                             f"intermediate_conv_window_cache size: 0.19GB " if mtp else ""))
+    sglang_log(f"KV Cache is allocated. dtype: {kv_dtype}, #tokens: {tokens}, K size: {half:.2f} GB, V size: {half:.2f} GB")
+    avail -= pool
+    sglang_log(f"Memory pool end. avail mem={avail:.2f} GB")
+    if mtp:
+        sglang_log(f"KV Cache is allocated. dtype: {kv_dtype}, #tokens: {tokens}, K size: {half / 10:.2f} GB, "
+                   f"V size: {half / 10:.2f} GB")
+    capture = ["target verify", "draft decode", "draft extend"] if mtp else ["target decode"]
+    for what, gib in zip(capture, (0.61, 0.12, 0.09)):
+        sglang_log(f"Capture {what} CUDA graph begin. backend=full, num_tokens_per_bs=1, bs=[1, 2, 4, 8], "
+                   f"avail mem={avail:.2f} GB")
+        avail -= gib
+        sglang_log(f"Capture {what} CUDA graph end. elapsed=6.20 s, mem usage={gib:.2f} GB, avail mem={avail:.2f} GB.")
+    sglang_log(f"max_total_num_tokens={tokens}, chunked_prefill_size={chunk}, max_prefill_tokens=16384, "
+               f"max_running_requests={requests}, context_len={context}, available_gpu_mem={avail:.2f} GB")
+    return {**args, "max_running_requests": requests, "max_total_num_tokens": tokens}
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--engine-core"]:
         return engine_core(int(sys.argv[2]))
@@ -256,8 +374,15 @@ def main() -> None:
     Handler.max_len = int(opts.get("--max-model-len") or opts.get("--context-length") or 262144)
     host = str(opts.get("--host") or ("127.0.0.1" if engine == "sglang" else "0.0.0.0"))
     port = int(opts.get("--port") or (30000 if engine == "sglang" else 8000))
-    log(f"vLLM API server version {VERSION}" if engine == "vllm" else f"sglang version {VERSION}")
-    log(f"non-default args: {json.dumps({k: v for k, v in opts.items()})}")
+    Handler.engine = engine
+    Handler.model_path = str(model or "")
+    Handler.skip_tokenizer = bool(opts.get("--skip-tokenizer-init"))
+    if engine == "vllm":
+        log(f"vLLM API server version {VERSION}")
+        log(f"non-default args: {json.dumps({k: v for k, v in opts.items()})}")
+    else:   # launch_server.py warns so on stderr; SGLang logs no version of its own
+        print("UserWarning: 'python -m sglang.launch_server' is still supported, but 'sglang serve' is the "
+              "recommended entrypoint.", file=sys.stderr, flush=True)
     Path(os.environ.get("FAKE_ENGINE_ARGV_FILE", "/dev/null")).write_text(json.dumps(sys.argv[1:]))
     Path(os.environ.get("FAKE_ENGINE_ENV_FILE", "/dev/null")).write_text(json.dumps(dict(os.environ)))
     if os.environ.get("FAKE_ENGINE_ECHO") == "1":
@@ -284,8 +409,10 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     weights = os.environ.get("FAKE_ENGINE_WEIGHTS_GIB", "18.09")   # what the checkpoint took
-    log(f"Model loading took {weights} GiB memory and 12.5 seconds", "EngineCore")
-    log("Setting attention block size to 1072 tokens to ensure that attention page size is >= mamba page size.", "EngineCore")
+    if engine == "vllm":
+        log(f"Model loading took {weights} GiB memory and 12.5 seconds", "EngineCore")
+        log("Setting attention block size to 1072 tokens to ensure that attention page size is >= mamba page size.",
+            "EngineCore")
     failure = FAILURES.get(MODE)
     if MODE == "fit":
         fit_len = int(os.environ.get("FAKE_ENGINE_FIT_LEN", "169184"))
@@ -300,9 +427,12 @@ def main() -> None:
         print(f"(EngineCore pid={core.pid}) ERROR {failure.format(len=Handler.max_len)}", flush=True)
         core.terminate()
         sys.exit(1)
-    log("Available KV cache memory: 2.05 GiB", "EngineCore")
-    log("GPU KV cache size: 131,072 tokens", "EngineCore")
-    log(f"Maximum concurrency for {Handler.max_len:,} tokens per request: 2.00x", "EngineCore")
+    if engine == "sglang":
+        Handler.server_args = sglang_start(opts)
+    else:
+        log("Available KV cache memory: 2.05 GiB", "EngineCore")
+        log("GPU KV cache size: 131,072 tokens", "EngineCore")
+        log(f"Maximum concurrency for {Handler.max_len:,} tokens per request: 2.00x", "EngineCore")
     if engine == "vllm" and opts.get("--skip-tokenizer-init") and (
             opts.get("--reasoning-parser") or opts.get("--tool-call-parser")):
         # vLLM 0.26 builds the parsers on the tokenizer's vocabulary when the API server starts
@@ -319,13 +449,17 @@ def main() -> None:
     else:
         server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    log(f"Starting vLLM server on http://{host}:{port}")
+    if engine == "vllm":
+        log(f"Starting vLLM server on http://{host}:{port}")
     if MODE == "hang":
         while True:
             time.sleep(1)
     time.sleep(float(os.environ.get("FAKE_ENGINE_DELAY", "0.5")))
     Handler.ready.set()
-    log("Application startup complete.")
+    if engine == "vllm":
+        log("Application startup complete.")
+    else:
+        sglang_log("The server is fired up and ready to roll!", rank=False)
     while core.poll() is None:
         time.sleep(0.2)
 

@@ -79,7 +79,12 @@ probe)
   python3 -c 'from qwenplan.launch.cli import main; main()' plan --json --engine vllm --engine-version 0.26.0 > "$OUT/$1-plan-probed.json" 2>&1; echo "plan from the probe rc=$?"
   timeout 120 python3 -c 'from qwenplan.launch.cli import main; main()' doctor --engine vllm --engine-version 0.26.0 > "$OUT/$1-doctor.txt" 2>&1; echo "doctor rc=$?"; tail -25 "$OUT/$1-doctor.txt" ;;
 tick)
-  Q=$1; WAIT=${2:-500}; R=/tmp/gpu-results/$Q; mkdir -p "$R"; site_env
+  Q=$1; WAIT=${2:-500}; R=/tmp/gpu-results/$Q; mkdir -p "$R"
+  # an SGLang queue (jobs file "engine": "sglang") runs from /tmp/sgsite: runner.py serves from $SITE
+  if grep -qE '"engine": *"sglang"' "$HERE/jobs/$Q.json"; then
+    export SITE=${SGSITE:-/tmp/sgsite}
+    if type sgl_env >/dev/null 2>&1; then sgl_env; else export PYTHONPATH=$SITE; fi   # sgl_env: install-sglang's
+  else site_env; fi
   t=$(date +%s)
   running() { [ -f "$R/runner.pid" ] && kill -0 "$(cat "$R/runner.pid")" 2>/dev/null; }
   if ! running; then

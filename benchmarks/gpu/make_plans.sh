@@ -5,15 +5,20 @@
 set -eu
 cd "$(dirname "$0")"
 V=${ENGINE_VERSION:-0.26.0}
+SGV=${SGLANG_VERSION:-0.5.14}
 ONLY=${1:-}   # e.g. "h200/" to remake only those plans
+ENGINE=vllm
 qp() { case "$1" in "$ONLY"*) ;; *) return 0 ;; esac; out=plans/$1.json; shift; mkdir -p "$(dirname "$out")"
-       qwenplan plan --json --engine vllm --engine-version "$V" "$@" > "$out" || { echo "plan $out failed"; exit 1; }
+       if [ "$ENGINE" = sglang ]; then set -- --engine sglang --engine-version "$SGV" --no-calibration "$@"
+       else set -- --engine vllm --engine-version "$V" "$@"; fi
+       qwenplan plan --json "$@" > "$out" || { echo "plan $out failed"; exit 1; }
        python3 - "$out" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1])); s = d["settings"]; m = d["memory"]
 print(f"{sys.argv[1]}: {d['status']} {d['variant']['id']} len={s['max_model_len']} seqs={s['max_num_seqs']} "
       f"kv={s['kv_cache_dtype']} spec={s['speculative']} tp={s['tensor_parallel']} dp={s['data_parallel']} "
-      f"kv_bytes={m['kv_cache_bytes']} kv_tokens={m.get('kv_cache_tokens')}")
+      f"kv_bytes={m['kv_cache_bytes']} kv_tokens={m.get('kv_cache_tokens')}"
+      + (f" fraction={s['mem_fraction_static']} slots={m['sglang']['mamba_slots']}" if m.get("sglang") else ""))
 PY
 }
 # Round 1 (2026-11-23, first session; the memory model before calibration) served plans/h100/,
@@ -34,3 +39,10 @@ qp h200x2/tp2         --gpu H200 --gpus 2 --goal long-context
 qp h200-r3/balanced   --gpu H200
 qp h200-r3/throughput --gpu H200 --goal throughput
 qp h200-r3/bf16-mtp   --gpu H200 --variant bf16 --mtp
+# SGLang 0.5.14 on one H200 (issue 19): the plans of its memory model alone (--no-calibration: no
+# engine report stored on this box changes them), served with jobs/h200-sglang.json.
+ENGINE=sglang
+qp h200-sglang/balanced   --gpu H200
+qp h200-sglang/fp8kv      --gpu H200 --kv-dtype fp8
+qp h200-sglang/long       --gpu H200 --goal long-context
+qp h200-sglang/bf16-mtp   --gpu H200 --variant bf16 --mtp

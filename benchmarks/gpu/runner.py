@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Serve each job of a queue with real vLLM on dummy weights, record what it reports, run the load.
+"""Serve each job of a queue with real vLLM or SGLang on dummy weights, record what it reports, run the load.
 
 Runs on the GPU machine (Python 3.12, the engine importable through PYTHONPATH), one job at a
 time, as a detached process so that it outlives the device tool's calls:
@@ -14,6 +14,12 @@ command.env, exactly as qwenplan rendered them) or a baseline (`"argv": ["vllm",
 the command a user copies). Only what dummy serving needs is changed (DUMMY_FLAGS, DUMMY_ENV,
 the model path, and CUDA_VISIBLE_DEVICES where a what-if plan names GPUs of another box); every
 change is written to the job's result.json.
+
+SGLang jobs (`sglang serve ...` or `python -m sglang.launch_server ...`) run as
+`python3 -m sglang.launch_server` from the carried site ($SITE, else the job file's "site"); the
+changes the carried bundle forces (backends, a processor folder, environment) are not in this
+code but in the job file, each with its reason: the queue's "dummy_flags" / "dummy_env", and a
+job's own on top. The load uses SGLang's native /generate (load.py --api sglang).
 """
 
 from __future__ import annotations
@@ -50,6 +56,19 @@ DUMMY_ENV = {
     "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1",
 }
 
+# SGLang (0.5.14): what every dummy start needs whatever the bundle carries; the bundle's own
+# choices come from the job file. The server's default port (server_args.py: port = 30000).
+SGLANG_DUMMY_FLAGS = [
+    ("--load-format", "dummy", "random weights of the real shapes: no checkpoint on the machine"),
+    ("--skip-tokenizer-init", None, "no tokenizer files: prompts are token ids (load.py --api sglang: /generate with input_ids)"),
+]
+SGLANG_DEFAULT_PORT = 30000
+SGLANG_ENTRY = ["-m", "sglang.launch_server"]
+# Spec decoding on random weights accepts no draft token; SGLang 0.5.14 can simulate a mean
+# accepted length instead (speculative/spec_utils.py SGLANG_SIMULATE_ACC_LEN, read by
+# eagle_utils.py's verify; "match-expected" samples floor/ceil so the mean is the one asked).
+SGLANG_SIMULATE = ("SGLANG_SIMULATE_ACC_LEN", "SGLANG_SIMULATE_ACC_METHOD", "match-expected")
+
 EXTRA_RULES = {
     "cudagraph_estimate_gib": re.compile(r"Estimated CUDA graph memory: ([0-9.]+) GiB"),
     "cudagraph_pool_actual_gib": re.compile(r"CUDA graph pool memory: ([0-9.]+) GiB \(actual\)"),
@@ -67,6 +86,13 @@ EXTRA_RULES = {
     "spec_draft_acceptance_rate": re.compile(r"Draft acceptance rate: ([0-9.]+)%"),
     "moe_backend": re.compile(r"Using (\S+) (?:Fp8 )?MoE backend"),
     "attention_backend": re.compile(r"Using (\S+) attention backend"),
+    # SGLang 0.5.14 (scheduler_components/metrics_reporter.py, model_executor/model_runner.py,
+    # model_runner_kv_cache_mixin.py): the last decode batch's acceptance, capture and load times
+    "sglang_accept_len": re.compile(r"accept len: ([0-9.]+)"),
+    "sglang_gen_throughput": re.compile(r"gen throughput \(token/s\): ([0-9.]+)"),
+    "sglang_target_capture_seconds": re.compile(r"Capture target (?:decode|verify) CUDA graph end\. elapsed=([0-9.]+) s"),
+    "sglang_weight_load_seconds": re.compile(r"Load weight end\. elapsed=([0-9.]+) s, type=\w+ForConditionalGeneration"),
+    "sglang_requests_reduced_to": re.compile(r"max_running_requests was reduced from the requested \d+ to (\d+)"),
 }
 
 
@@ -102,25 +128,48 @@ def qwenplan_render():
     return render
 
 
-def engine_version(job: dict, plan: dict | None) -> str:
-    """The vLLM release the job is served with: the plan's, the job's, the installed one."""
+def engine_of(argv: list[str]) -> str:
+    """vllm for `vllm serve`, sglang for `sglang serve` or `python -m sglang.launch_server`."""
+    if argv[:2] == ["vllm", "serve"]:
+        return "vllm"
+    if argv[:2] == ["sglang", "serve"] or (len(argv) > 2 and argv[1:3] == SGLANG_ENTRY and "python" in argv[0]):
+        return "sglang"
+    raise ValueError(f"neither a vLLM nor an SGLang serve command: {argv[:3]}")
+
+
+def site_dir(queue: dict | None) -> str | None:
+    """The carried engine's folder: $SITE (device.sh sets it), else the job file's "site"."""
+    return os.environ.get("SITE") or (queue or {}).get("site")
+
+
+def installed_version(engine: str, site: str | None) -> str | None:
+    """The engine's version from its dist-info (in the site folder, else wherever Python finds it),
+    without importing it."""
+    from importlib import metadata
+
+    dists = metadata.distributions(name=engine, path=[site]) if site else ()
+    for d in dists:
+        return d.version
+    try:
+        return metadata.version(engine)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def engine_version(job: dict, plan: dict | None, engine: str = "vllm", site: str | None = None) -> str:
+    """The release the job is served with: the plan's, the job's, the installed one."""
     if plan:
         return plan["engine"]["version"]
     if job.get("engine_version"):
         return job["engine_version"]
-    from importlib import metadata
-
-    try:
-        return metadata.version("vllm")
-    except metadata.PackageNotFoundError:
-        return qwenplan_render().get_engine("vllm").default_version
+    return installed_version(engine, site) or qwenplan_render().get_engine(engine).default_version
 
 
-def dropped_without_tokenizer(version: str) -> tuple[list[tuple[str, int]], str]:
+def dropped_without_tokenizer(version: str, engine: str = "vllm") -> tuple[list[tuple[str, int]], str]:
     """(flags with how many values each takes, why): profiles/engines.yaml `without_tokenizer`."""
     render = qwenplan_render()
-    rule = render.get_engine("vllm").without_tokenizer(version)
-    return render.tokenizer_flags("vllm", version), (rule or {}).get("reason", "")
+    rule = render.get_engine(engine).without_tokenizer(version)
+    return render.tokenizer_flags(engine, version), (rule or {}).get("reason", "")
 
 
 def flag_value(argv: list[str], flag: str) -> str | None:
@@ -139,7 +188,8 @@ def has_flag(argv: list[str], flag: str) -> bool:
 def model_kind(job: dict, plan: dict | None, argv: list[str]) -> str:
     if job.get("model"):
         return job["model"]
-    text = json.dumps((plan or {}).get("variant") or {}) + " " + " ".join(argv[:3])
+    model = flag_value(argv, "--model-path") or flag_value(argv, "--model") or ""   # SGLang's, or vLLM's flag
+    text = json.dumps((plan or {}).get("variant") or {}) + " " + " ".join(argv[:3]) + " " + model
     if re.search(r"fp8", text, re.I):
         return "fp8"
     if plan and (plan.get("variant") or {}).get("format") not in (None, "bf16", "bfloat16"):
@@ -147,35 +197,46 @@ def model_kind(job: dict, plan: dict | None, argv: list[str]) -> str:
     return "bf16"
 
 
-def served_command(job: dict, plan: dict | None) -> tuple[list[str], dict[str, str], list[dict]]:
+def served_command(job: dict, plan: dict | None, queue: dict | None = None) -> tuple[list[str], dict[str, str], list[dict]]:
     """(argv to exec, env additions, the changes made to the real command and why)."""
     argv = list(plan["command"]["argv"] if plan else job["argv"])
     env = dict((plan["command"].get("env") if plan else job.get("env")) or {})
     changes: list[dict] = []
-    if argv[:2] != ["vllm", "serve"]:
-        raise ValueError(f"not a vLLM serve command: {argv[:3]}")
-    rest = argv[2:]
+    engine = engine_of(argv)
+    if engine == "vllm":
+        rest = argv[2:]
+    elif argv[:2] == ["sglang", "serve"]:
+        rest = argv[2:]
+        changes.append({"what": "sglang serve -> python3 -m sglang.launch_server",
+                        "why": "the same server: `sglang serve` (sglang/cli/serve.py) runs launch_server's run_server on "
+                               "prepare_server_args for a language model, after probing the path for a diffusion "
+                               "model; the carried site has no console script"})
+    else:
+        rest = argv[3:]
     kind = model_kind(job, plan, argv)
     model_dir = str(CONFIGS / kind)
-    if rest and not rest[0].startswith("-"):
+    model_flags = ("--model",) if engine == "vllm" else ("--model-path", "--model")
+    model_flag = next((f for f in model_flags if has_flag(rest, f)), None)
+    if rest and not rest[0].startswith("-") and engine == "vllm":
         changes.append({"what": f"model {rest[0]} -> {model_dir}", "why": "config.json only (dummy weights)"})
         rest[0] = model_dir
-    elif has_flag(rest, "--model"):
-        i = next(i for i, a in enumerate(rest) if a == "--model" or a.startswith("--model="))
-        old = flag_value(rest, "--model")
-        if rest[i] == "--model":
+    elif model_flag:
+        i = next(i for i, a in enumerate(rest) if a == model_flag or a.startswith(model_flag + "="))
+        old = flag_value(rest, model_flag)
+        if rest[i] == model_flag:
             rest[i + 1] = model_dir
         else:
-            rest[i] = f"--model={model_dir}"
+            rest[i] = f"{model_flag}={model_dir}"
         changes.append({"what": f"model {old} -> {model_dir}", "why": "config.json only (dummy weights)"})
-    drop, why = dropped_without_tokenizer(engine_version(job, plan))
+    drop, why = dropped_without_tokenizer(engine_version(job, plan, engine, site_dir(queue)), engine)
     for flag, nval in drop:
         while has_flag(rest, flag):
             i = next(i for i, a in enumerate(rest) if a == flag or a.startswith(flag + "="))
             n = 1 + (nval if rest[i] == flag else 0)
             changes.append({"what": f"drop {' '.join(rest[i:i + n])}", "why": why})
             del rest[i:i + n]
-    for flag, value, why in DUMMY_FLAGS + [tuple(x) for x in job.get("dummy_flags", [])]:
+    base = DUMMY_FLAGS if engine == "vllm" else SGLANG_DUMMY_FLAGS
+    for flag, value, why in base + [tuple(x) for x in (queue or {}).get("dummy_flags", []) + job.get("dummy_flags", [])]:
         if has_flag(rest, flag):
             continue
         rest += [flag] + ([value] if value is not None else [])
@@ -190,6 +251,16 @@ def served_command(job: dict, plan: dict | None) -> tuple[list[str], dict[str, s
         rest[i + 1] = json.dumps(cfg, separators=(",", ":"))
         changes.append({"what": f"speculative config + synthetic acceptance {rates}",
                         "why": "dummy weights accept no draft; the synthetic sampler accepts at the plan's assumed rate"})
+    if rates and engine == "sglang" and has_flag(rest, "--speculative-algorithm"):
+        # The same per-position rates as for vLLM, as SGLang's one figure: the mean accepted length
+        # per verify step, bonus token included (1 + r1 + r2 + ...).
+        length = round(1 + sum(rates), 4)
+        env[SGLANG_SIMULATE[0]], env[SGLANG_SIMULATE[1]] = str(length), SGLANG_SIMULATE[2]
+        changes.append({"what": f"env {SGLANG_SIMULATE[0]}={length} {SGLANG_SIMULATE[1]}={SGLANG_SIMULATE[2]}",
+                        "why": f"dummy weights accept no draft; SGLang's simulated acceptance accepts {length} tokens a "
+                               f"step on average (per-position rates {rates})"})
+    elif rates and engine == "sglang":
+        raise ValueError("synthetic_acceptance on an SGLang command without --speculative-algorithm")
     if "CUDA_VISIBLE_DEVICES" in env:
         n = len([x for x in env["CUDA_VISIBLE_DEVICES"].split(",") if x.strip()])
         new = ",".join(str(i) for i in range(n))
@@ -197,11 +268,20 @@ def served_command(job: dict, plan: dict | None) -> tuple[list[str], dict[str, s
             changes.append({"what": f"CUDA_VISIBLE_DEVICES {env['CUDA_VISIBLE_DEVICES']} -> {new}",
                             "why": "the plan is a what-if for this GPU model; this machine's GPUs are 0..n-1"})
             env["CUDA_VISIBLE_DEVICES"] = new
-    for k, v in DUMMY_ENV.items():
-        if k not in env:
+    if engine == "vllm":
+        for k, v in DUMMY_ENV.items():
+            if k not in env:
+                env[k] = v
+        changes.append({"what": "env VLLM_USE_FLASHINFER_SAMPLER=0", "why": "FlashInfer is not installed"})
+        return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve"] + rest, env, changes
+    for k, (v, why) in {**(queue or {}).get("dummy_env", {}), **job.get("dummy_env", {})}.items():
+        if env.get(k) != v:
             env[k] = v
-    changes.append({"what": "env VLLM_USE_FLASHINFER_SAMPLER=0", "why": "FlashInfer is not installed"})
-    return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve"] + rest, env, changes
+            changes.append({"what": f"env {k}={v}", "why": why})
+    for k, v in (("PYTHONUNBUFFERED", "1"), ("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"),
+                 ("NVSHMEM_DISABLE_NVLS", "1")):
+        env.setdefault(k, v)     # as for vLLM: unbuffered log; the machines' rule for several GPUs
+    return [sys.executable] + SGLANG_ENTRY + rest, env, changes
 
 
 def healthy(port: int) -> bool:
@@ -255,7 +335,17 @@ def extras(lines: list[str]) -> dict:
     return out
 
 
-def run_job(job: dict, results: Path, el) -> dict:
+def server_info(port: int) -> dict | None:
+    """SGLang's /server_info: the arguments as it resolved them (its defaults filled in), its
+    version and the scheduler's figures."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=30) as r:
+            return json.loads(r.read())
+    except Exception:  # noqa: BLE001 - a record, not a reason to fail the run
+        return None
+
+
+def run_job(job: dict, results: Path, el, queue: dict | None = None) -> dict:
     name = job["name"]
     d = results / name
     d.mkdir(parents=True, exist_ok=True)
@@ -264,21 +354,35 @@ def run_job(job: dict, results: Path, el) -> dict:
     res: dict = {"name": name, "attempt": job.get("attempt", 1), "kind": job.get("kind", "plan" if plan else "baseline"), "plan": job.get("plan"),
                  "note": job.get("note"), "gpus": gpu_info()}
     try:
-        cmd, env_add, changes = served_command(job, plan)
+        cmd, env_add, changes = served_command(job, plan, queue)
+        engine = engine_of(plan["command"]["argv"] if plan else job["argv"])
     except Exception as e:  # noqa: BLE001
         res.update(status="not-run", error=str(e))
         (d / "result.json").write_text(json.dumps(res, indent=1))
         return res
-    res.update(real_argv=(plan["command"]["argv"] if plan else job["argv"]),
+    site = site_dir(queue)
+    head = 1 + len(SGLANG_ENTRY) if engine == "sglang" else 4     # python3 -m ... [serve]
+    res.update(engine=engine, real_argv=(plan["command"]["argv"] if plan else job["argv"]),
                real_env=((plan["command"].get("env") if plan else job.get("env")) or {}),
-               served_argv=cmd[4:], changes=changes)
-    port = int(flag_value(cmd, "--port") or 8000)
+               served_argv=cmd[head:], served_env=env_add, changes=changes)
+    if engine == "sglang":
+        res["engine_version"] = installed_version("sglang", site)
+    port = int(flag_value(cmd, "--port") or (SGLANG_DEFAULT_PORT if engine == "sglang" else 8000))
     env = dict(os.environ)
     env.update(env_add)
+    if site:
+        env["PYTHONPATH"] = site
     wait_gpu_free()
     res["gpu_used_mib_before"] = gpu_used_mib()
-    log(f"{name}: {' '.join(cmd[4:])}")
+    log(f"{name}: {' '.join(cmd[head:])}")
     logf = open(d / "serve.log", "w")
+    if engine == "sglang":
+        # SGLang logs neither its version nor the GPU's total (it reads the total from nvidia-smi
+        # for its defaults): the run's own record heads the log, marked as the runner's.
+        g = (res["gpus"] or [{}])[0]
+        logf.write(f"[qwenplan runner] sglang=={res['engine_version']} from {site}; nvidia-smi GPU 0: "
+                   f"{g.get('name')}, memory.total {g.get('memory_total_mib')} MiB\n")
+        logf.flush()
     t0 = time.time()
     proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=str(REPO),
                             start_new_session=True)
@@ -296,10 +400,16 @@ def run_job(job: dict, results: Path, el) -> dict:
     log(f"{name}: {res['status']} after {time.time() - t0:.0f} s")
     if ready is not None:
         res["gpu_used_mib_ready"] = gpu_used_mib()
+        if engine == "sglang":
+            info = server_info(port)
+            if info is not None:
+                (d / "server_info.json").write_text(json.dumps(info, indent=1, default=str))
+                res["engine_version"] = info.get("version") or res.get("engine_version")
         if job.get("load", True):
             try:
                 lp = subprocess.run([sys.executable, str(HERE / "load.py"), "--port", str(port),
-                                     "--out", str(d / "load.json")] + (["--quick"] if job.get("quick") else []),
+                                     "--out", str(d / "load.json")] + (["--quick"] if job.get("quick") else [])
+                                    + (["--api", "sglang"] if engine == "sglang" else []),
                                     capture_output=True, text=True, timeout=float(job.get("load_timeout", 420)))
                 (d / "load.out").write_text(lp.stdout + lp.stderr)
                 if (d / "load.json").exists():
@@ -319,6 +429,11 @@ def run_job(job: dict, results: Path, el) -> dict:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
+    if engine == "sglang":
+        try:        # SGLang's scheduler and detokenizer processes, should one outlive the server
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     res["exit_code"] = proc.returncode
     res["wall_seconds"] = round(time.time() - t0, 1)
     logf.close()
@@ -333,12 +448,16 @@ def run_job(job: dict, results: Path, el) -> dict:
     return res
 
 
-def pending(jobs_file: Path, results: Path) -> list[dict]:
+def read_queue(jobs_file: Path) -> dict:
     try:
-        jobs = json.loads(jobs_file.read_text())["jobs"]
+        return json.loads(jobs_file.read_text())
     except Exception as e:  # noqa: BLE001
         log(f"cannot read {jobs_file}: {e}")
-        return []
+        return {"jobs": []}
+
+
+def pending(jobs_file: Path, results: Path) -> list[dict]:
+    jobs = read_queue(jobs_file).get("jobs", [])
     def tried(j):
         f = results / j["name"] / "started"
         try:
@@ -353,6 +472,7 @@ def main() -> int:
     ap.add_argument("--jobs", required=True)
     ap.add_argument("--results", required=True)
     ap.add_argument("--only", default=None, help="run this job alone")
+    ap.add_argument("--quick", action="store_true", help="the small load (load.py --quick) for every job: rehearsals")
     a = ap.parse_args()
     results = Path(a.results)
     results.mkdir(parents=True, exist_ok=True)
@@ -365,7 +485,7 @@ def main() -> int:
         if not todo:
             log("no job left")
             return 0
-        res = run_job(todo[0], results, el)
+        res = run_job({**todo[0], "quick": True} if a.quick else todo[0], results, el, read_queue(jobs_file))
         m = res.get("memory", {})
         log(f"{res['name']}: {res.get('status')} ready={res.get('ready_seconds')} kv={m.get('kv_cache_bytes')} "
             f"tokens={m.get('kv_tokens')} load={'yes' if res.get('load') else 'no'}")

@@ -94,7 +94,7 @@ tick)
   while running && [ $(( $(date +%s) - t )) -lt "$WAIT" ]; do sleep 5; done
   tail -12 "$R/runner.log"
   cur=$(ls -td "$R"/*/ 2>/dev/null | head -1)
-  [ -n "$cur" ] && { echo "== $cur"; grep -aE "Model loading took|Available KV|GPU KV cache size|Maximum concurrency|Actual usage|CUDA graph memory|Graph capturing|Error|error:" "$cur/serve.log" 2>/dev/null | cut -c1-330 | tail -12; tail -3 "$cur/load.out" 2>/dev/null; }
+  [ -n "$cur" ] && { echo "== $cur"; grep -aE "Model loading took|Available KV|GPU KV cache size|Maximum concurrency|Actual usage|CUDA graph memory|Graph capturing|Load weight end|KV Cache is allocated|Mamba Cache is allocated|Capture cuda graph end|max_total_num_tokens=|Error|error:" "$cur/serve.log" 2>/dev/null | cut -c1-330 | tail -12; tail -3 "$cur/load.out" 2>/dev/null; }
   tar -czf "$OUT/results-$Q.tgz" -C /tmp/gpu-results "$Q"; ls -la "$OUT"
   running && echo "RUNNER STILL RUNNING" || echo "RUNNER IDLE" ;;
 *) echo "usage: device.sh recv DIR | install | install-sglang [jit] | probe NAME | tick QUEUE SECONDS"; exit 2 ;;

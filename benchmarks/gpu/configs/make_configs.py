@@ -33,6 +33,11 @@ def not_converted(cfg: dict) -> list[str]:
 
 def main() -> None:
     cfg = json.loads((HERE / "bf16" / "config.json").read_text())
+    # The published config states the hybrid pattern twice: layer_types and full_attention_interval
+    # (shared/research/model-and-checkpoints.md). transformers' dump keeps only layer_types; SGLang
+    # 0.5.14 reads the interval (srt/configs/qwen3_next.py layers_block_type) and stops without it.
+    cfg["text_config"]["full_attention_interval"] = 4
+    (HERE / "bf16" / "config.json").write_text(json.dumps(cfg, indent=1) + "\n")
     fp8 = dict(cfg)
     fp8["quantization_config"] = {
         "quant_method": "fp8",

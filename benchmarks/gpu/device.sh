@@ -57,6 +57,11 @@ install-sglang)
   (cat $parts | sha256sum | cut -c1-64 > /tmp/xfer/sg-got.sha && cut -c1-64 /tmp/xfer/sgsite.sha256 | diff - /tmp/xfer/sg-got.sha) || { echo "SGLang bundle checksum differs"; exit 1; }
   rm -rf "$SGSITE" && mkdir -p "$SGSITE"
   cat $parts | xz -dc -T0 | tar -x -C "$SGSITE"
+  # sgl_kernel 0.4.4 hands RMSNorm to FlashInfer whenever `import flashinfer.norm` works, and FlashInfer
+  # then JIT-compiles it from csrc/ that the bundle does not carry (ninja: 'flashinfer/data/csrc/norm.cu
+  # ... missing'; results/h200-sglang-r2-failed/): sgl_kernel keeps its own precompiled sm90 norms.
+  sed -i 's/^    import flashinfer.norm as _flashinfer_norm$/    raise ImportError("flashinfer JIT sources not carried")/' "$SGSITE/sgl_kernel/elementwise.py"
+  grep -q "JIT sources not carried" "$SGSITE/sgl_kernel/elementwise.py" || { echo "sgl_kernel norm patch failed"; exit 1; }
   echo "SGLang bundle unpacked in $(( $(date +%s) - t )) s: $(du -sh "$SGSITE" | cut -f1)"
   if ls /tmp/xfer/qwenplan-*.whl >/dev/null 2>&1 && [ ! -d /tmp/qp/qwenplan ]; then
     python3 -m pip install -q --no-deps --no-index --no-compile --target /tmp/qp /tmp/xfer/qwenplan-*.whl 2>&1 | tail -3

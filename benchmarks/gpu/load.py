@@ -60,7 +60,7 @@ def _request(api: str, model: str, prompt: list[int], n_out: int) -> tuple[str, 
     """(path, JSON body) of one streaming request of fixed output length."""
     if api == "sglang":
         return "/generate", json.dumps({"input_ids": prompt, "stream": True, "sampling_params": {
-            "max_new_tokens": n_out, "min_new_tokens": n_out, "ignore_eos": True, "temperature": 0.0}})
+            "max_new_tokens": n_out, "ignore_eos": True, "temperature": 0.0}})
     return "/v1/completions", json.dumps({"model": model, "prompt": prompt, "max_tokens": n_out, "min_tokens": n_out,
                                           "ignore_eos": True, "temperature": 0.0, "stream": True,
                                           "stream_options": {"include_usage": True}})

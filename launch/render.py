@@ -15,18 +15,8 @@ from typing import Any
 from qwenplan.planner.engines import get_engine, pick
 from qwenplan.planner.errors import InputError
 from qwenplan.planner.flags import flag_set
+from qwenplan.planner.plan import FLAG_SETTINGS
 from qwenplan.planner.versions import in_range
-
-# The order flags appear in: what is served and where first, then capacity, then behaviour.
-ORDER = ("served_model_name", "host", "port", "tensor_parallel", "pipeline_parallel", "data_parallel",
-         "expert_parallel", "max_model_len", "max_num_seqs", "max_num_batched_tokens", "kv_cache_dtype",
-         "gpu_memory_utilization", "mem_fraction_static", "kv_cache_memory_bytes", "enforce_eager", "speculative",
-         "mamba_cache_strategy", "expert_cache_size", "disable_vision", "hf_overrides", "reasoning_parser",
-         "tool_call_parser", "chat_template_kwargs", "load_format", "skip_tokenizer_init", "gdn_prefill_backend",
-         # llama.cpp (llama-server): the GGUF, then placement, cache, threads, behaviour
-         "hf_repo", "hf_file", "model_path", "mmproj", "ctx_size", "parallel", "n_gpu_layers", "n_cpu_moe",
-         "cache_type_k", "cache_type_v", "flash_attn", "threads", "ubatch_size", "load_mode", "fit",
-         "ctx_checkpoints", "cache_ram_mib", "jinja", "reasoning_format", "log_verbosity")
 
 
 # qwenplan's own option for a planned setting, named when an --extra-arg tries to set it.
@@ -85,7 +75,7 @@ def _target_entry(engine_id: str, version: str, data: int, backend: str) -> dict
     """The engines.yaml target_args entry for this version, backend and kind of multi-node plan."""
     engine = get_engine(engine_id)
     section = "multi_node_data_parallel" if data > 1 else "multi_node"
-    entries = (engine.raw.get("target_args") or {}).get(section)
+    entries = engine.target_args.get(section)
     if not entries:
         raise RenderError(f"{engine_id} has no multi-node launch qwenplan knows", "plan a single node for it")
     e = next((x for x in entries if in_range(version, x.get("versions"))
@@ -165,7 +155,7 @@ def planned_flags(engine_id: str, version: str, settings: dict) -> dict[str, str
     the engine's default, the setting is the plan's), plus the flags of the plan's workarounds."""
     engine = get_engine(engine_id)
     out: dict[str, str] = {}
-    for key in ORDER:
+    for key in FLAG_SETTINGS:
         if key not in settings:
             continue
         e = pick(engine.arg_spellings(key) or [], version)
@@ -187,7 +177,7 @@ def check_extra_args(engine_id: str, version: str, settings: dict, extra_args) -
     plan says about exposure and memory would no longer be true)."""
     planned = planned_flags(engine_id, version, settings)
     engine = get_engine(engine_id)
-    key_env = engine.raw.get("api_key_env") or engine.raw.get("api_key_flag_env") or "the API key variable"
+    key_env = engine.key_env or "the API key variable"
     for arg in extra_args:
         if not arg.startswith("-"):
             continue
@@ -244,7 +234,7 @@ def render(plan: dict, extra_args: tuple[str, ...] = (), target: Target = LOCAL)
     args: list[str] = []
     left_out = set(tokenizer_settings(engine.id, version)) if settings.get("skip_tokenizer_init") else set()
     here = {**settings, "host": CONTAINER_HOST} if target.container and settings.get("host") else settings
-    for key in ORDER:
+    for key in FLAG_SETTINGS:   # planner/plan.py Settings: every setting, in the order flags appear
         if key not in left_out:
             args += spell(engine.id, version, key, here.get(key), here)
     args += list(settings.get("extra_args") or ())
@@ -259,12 +249,12 @@ def render(plan: dict, extra_args: tuple[str, ...] = (), target: Target = LOCAL)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     env.update({k: str(v) for k, v in (settings.get("env") or {}).items()})
     secret_env, secret_args = ["HF_TOKEN"], []
-    if engine.raw.get("api_key_env"):
-        secret_env.append(engine.raw["api_key_env"])
-    elif engine.raw.get("api_key_flag_env"):
+    if engine.api_key_env:
+        secret_env.append(engine.api_key_env)
+    elif engine.api_key_flag_env:
         # SGLang reads its key only from --api-key: the launcher adds it from this variable at
         # start, so the key never sits in a plan, a unit file or the shell history.
-        secret_args.append({"flag": "--api-key", "env": engine.raw["api_key_flag_env"]})
+        secret_args.append({"flag": "--api-key", "env": engine.api_key_flag_env})
     full = argv + args
     return {"argv": full, "env": env, "secret_env": secret_env, "secret_args": secret_args,
             "shell": shell_line(full, env), "flags_checked_against": checked, "extra_args": list(extra_args)}

@@ -68,11 +68,31 @@ def _write_cache(path: Path, key: str, data: Any) -> None:
         pass
 
 
-@lru_cache(maxsize=None)
+PROFILES_ENV = "QWENPLAN_PROFILES"
+
+
+@lru_cache(maxsize=1)
+def _package_profiles():
+    return resources.files("qwenplan.profiles")
+
+
+def profiles_dir():
+    """The folder the knowledge is read from: the qwenplan.profiles package, or a whole copy of it
+    named by QWENPLAN_PROFILES (a new engine release is then one flag file and one engines.yaml
+    entry in that copy, with no code: tests/test_profiles.py)."""
+    override = os.environ.get(PROFILES_ENV)
+    return Path(override) if override else _package_profiles()
+
+
 def load_profile(name: str) -> Any:
-    """One YAML file of the qwenplan.profiles package, parsed once per process (and, between
-    processes, from a JSON copy in the user's cache)."""
-    text = resources.files("qwenplan.profiles").joinpath(name).read_text(encoding="utf-8")
+    """One YAML file of the profiles, parsed once per process (and, between processes, from a
+    JSON copy in the user's cache)."""
+    return _load_profile(profiles_dir(), name)
+
+
+@lru_cache(maxsize=None)
+def _load_profile(root, name: str) -> Any:
+    text = root.joinpath(name).read_text(encoding="utf-8")
     cache, key = _parsed_cache(text)
     data = _read_cache(cache, key)
     if data is None:
@@ -81,8 +101,11 @@ def load_profile(name: str) -> Any:
     return data
 
 
+load_profile.cache_clear = _load_profile.cache_clear   # type: ignore[attr-defined]
+
+
 def profile_text(name: str) -> str:
-    return resources.files("qwenplan.profiles").joinpath(name).read_text(encoding="utf-8")
+    return profiles_dir().joinpath(name).read_text(encoding="utf-8")
 
 
 # --- GPUs ---------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from .errors import InputError
 from .hardware import Hardware
 from .memory import deltanet_state_per_seq
 from .model import Model, Shape
-from .plan import Decision, Plan, Rejected
+from .plan import Decision, Plan, Rejected, Settings
 from .units import MiB, ceil_div, gib
 from .variants import Variant, get_variant, variants_of
 from .versions import Version
@@ -122,7 +122,7 @@ def decode_tokens_per_s(v: Variant, s: Split, gpu_name: str | None, host_bw_gbs:
     if gpu_name is None:
         k = speed.Constants.for_engine(ENGINE)
         m = speed.Machine("CPU", bandwidth=host / k.quantized_bandwidth_efficiency, bf16_flops=float("inf"),
-                          link_bandwidth=1.0, link_latency=0.0, host_paging=host)
+                           link_bandwidth=1.0, link_latency=0.0, host_paging=host)
         step = replace(step, expert_bytes=s.experts_host, paged_expert_bytes=0)
     else:
         m = replace(speed.machine_for(gpu_name), host_paging=host)
@@ -197,9 +197,9 @@ def _options(v: Variant, *, budget: int | None, host_ram: int | None, contexts, 
             spare = (host_ram - host_need) if host_ram is not None else f["cache_ram_max_bytes"]
             cache_ram = max(0, min(f["cache_ram_max_bytes"], spare // 2)) // MiB * MiB
             tps = decode_tokens_per_s(v, s, gpu_name if gpu else None, host_bw, min(context, 16384), kv_tok,
-                                      mtp and v.has_mtp)
+                                       mtp and v.has_mtp)
             out.append(Option(v, context, slots, ct, ncm, s, kv, state, compute if gpu else 0, compute_host,
-                              checkpoints, cache_ram, host_need + cache_ram, gpu_total, tps, mtp and v.has_mtp))
+                               checkpoints, cache_ram, host_need + cache_ram, gpu_total, tps, mtp and v.has_mtp))
             break            # the first (widest) cache type that fits at this context
     return out
 
@@ -264,15 +264,15 @@ def make_plan(hw: Hardware, opts, model: Model, plan: Plan, view, why: str) -> P
         else:
             s = split(v, v.model.shape.layers, gpu is not None)
             rejected.append((v.id, f"does not fit: {gib(s.host)} must stay in host RAM "
-                                   f"(usable {gib(host_ram)}) and the GPU budget is {gib(budget)}"
-                             if gpu is not None else
-                             f"does not fit: {gib(v.disk.total)} of weights, host RAM usable {gib(host_ram)}"))
+                                    f"(usable {gib(host_ram)}) and the GPU budget is {gib(budget)}"
+                              if gpu is not None else
+                              f"does not fit: {gib(v.disk.total)} of weights, host RAM usable {gib(host_ram)}"))
     plan.warnings.extend(warnings)
     if not options:
         plan.status = "infeasible"
         plan.requirements = [f"{vid}: {r}" for vid, r in rejected] or ["no GGUF variant in the catalog"]
         plan.decisions.append(Decision("status", "infeasible", f"no GGUF variant fits this box with llama.cpp ({why})",
-                                       "planner/llamacpp.py"))
+                                        "planner/llamacpp.py"))
         return plan
     best = _pick(options, opts.goal, 0 if opts.context else model.min_thinking_context)
     return _fill(plan, best, options, rejected, hw, opts, model, eng, version, gpu, budget, gpu_bw, host_bw,
@@ -315,7 +315,7 @@ def _fill(plan, o: Option, options, rejected, hw, opts, model, eng, version, gpu
     plan.status = "ok"
     runtime = eng.runtime(version) or {}
     plan.engine = {"name": ENGINE, "version": version, "installed": None, "install": eng.install_command(version),
-                   "image": eng.image(version) if gpu is not None else eng.raw["image_cpu"].format(version=version),
+                   "image": eng.image(version) if gpu is not None else eng.image_cpu.format(version=version),
                    "base_image": None, "cuda": runtime.get("cuda") if gpu is not None else None,
                    "min_driver": runtime.get("min_driver") if gpu is not None else None, "branch": None}
     D(Decision("engine", f"llama.cpp {version}", why, eng.supports_source))
@@ -333,17 +333,17 @@ def _fill(plan, o: Option, options, rejected, hw, opts, model, eng, version, gpu
     if gpu is not None and len(plan.hardware.get("gpus") or []) > 1:
         plan.warnings.append("llama.cpp plans use one GPU; the others stay idle")
     threads, threads_reason = _threads(hw)
-    settings = {"model": v.repo, "hf_repo": v.repo, "hf_file": v.raw["gguf_file"], "model_path": None,
-                "mmproj": None, "served_model_name": served, "host": opts.host, "port": opts.port,
-                "max_model_len": o.context, "max_num_seqs": o.slots, "ctx_size": o.context * o.slots,
-                "parallel": o.slots, "n_gpu_layers": "all" if gpu is not None else 0, "n_cpu_moe": o.n_cpu_moe if gpu else 0,
-                "cache_type_k": o.cache_type, "cache_type_v": o.cache_type,
-                "flash_attn": "on" if gpu is not None else "auto", "threads": threads, "load_mode": "none",
-                "fit": "off", "ctx_checkpoints": f["ctx_checkpoints"], "cache_ram_mib": o.cache_ram // MiB,
-                "speculative": {"method": "draft-mtp", "num_speculative_tokens": 2} if o.mtp else None,
-                "jinja": True, "reasoning_format": eng.parser("reasoning_parser")["value"], "log_verbosity": 4,
-                "kv_cache_dtype": o.cache_type, "extra_args": [], "env": {}, "api_key_env": eng.api_key_env,
-                "workarounds": [], "tensor_parallel": 1, "data_parallel": 1, "pipeline_parallel": 1}
+    settings = Settings.of(model=v.repo, hf_repo=v.repo, hf_file=v.raw["gguf_file"], model_path=None,
+                           mmproj=None, served_model_name=served, host=opts.host, port=opts.port,
+                           max_model_len=o.context, max_num_seqs=o.slots, ctx_size=o.context * o.slots,
+                           parallel=o.slots, n_gpu_layers="all" if gpu is not None else 0, n_cpu_moe=o.n_cpu_moe if gpu else 0,
+                           cache_type_k=o.cache_type, cache_type_v=o.cache_type,
+                           flash_attn="on" if gpu is not None else "auto", threads=threads, load_mode="none",
+                           fit="off", ctx_checkpoints=f["ctx_checkpoints"], cache_ram_mib=o.cache_ram // MiB,
+                           speculative={"method": "draft-mtp", "num_speculative_tokens": 2} if o.mtp else None,
+                           jinja=True, reasoning_format=eng.parser("reasoning_parser")["value"], log_verbosity=4,
+                           kv_cache_dtype=o.cache_type, extra_args=[], env={}, api_key_env=eng.api_key_env,
+                           workarounds=[], tensor_parallel=1, data_parallel=1, pipeline_parallel=1)
     if gpu is not None:
         D(Decision("placement", f"-ngl all, --n-cpu-moe {o.n_cpu_moe}",
                    f"every layer and the output head on GPU {gpu.index}; the routed experts of the first "
@@ -374,9 +374,9 @@ def _fill(plan, o: Option, options, rejected, hw, opts, model, eng, version, gpu
                "profiles/memory.yaml llamacpp cache_types (ggml block sizes)"))
     D(Decision("enforce_eager", None, "not a llama.cpp setting (its CUDA backend captures graphs by itself)",
                "profiles/flags/llamacpp-b11312.txt"))
-    D(Decision("expert_cache_size", None, f"no expert cache: --n-cpu-moe {settings['n_cpu_moe']} decides once, at "
+    D(Decision("expert_cache_size", None, f"no expert cache: --n-cpu-moe {settings.n_cpu_moe} decides once, at "
                f"load, which layers' experts live in host RAM (see placement)", "profiles/flags/llamacpp-b11312.txt (--n-cpu-moe)"))
-    D(Decision("flash_attn", settings["flash_attn"], "flash attention on the GPU: less compute buffer, quantized V cache allowed"
+    D(Decision("flash_attn", settings.flash_attn, "flash attention on the GPU: less compute buffer, quantized V cache allowed"
                if gpu is not None else "auto: the CPU backend decides", "profiles/flags/llamacpp-b11312.txt (-fa)"))
     D(Decision("threads", threads, threads_reason, "profiles/flags/llamacpp-b11312.txt (-t, --threads)"))
     D(Decision("load_mode", "none", "weights are read into memory, not mapped: the experts kept in host RAM stay "
@@ -387,7 +387,7 @@ def _fill(plan, o: Option, options, rejected, hw, opts, model, eng, version, gpu
                "only from verbosity 4: `qwenplan auto` sets them beside the plan's", "profiles/flags/llamacpp-b11312.txt (-lv, --verbosity)"))
     D(Decision("fit", "off", "the plan sets every size itself; llama-server's own --fit would change them",
                "profiles/flags/llamacpp-b11312.txt (--fit)"))
-    D(Decision("speculative", settings["speculative"],
+    D(Decision("speculative", settings.speculative,
                "MTP on: the GGUF carries the NextN head, 2 draft tokens" if o.mtp else
                ("MTP off: this GGUF has no NextN head" if not v.has_mtp else "MTP off"),
                "https://github.com/ggml-org/llama.cpp/pull/22673 (MTP: --spec-type draft-mtp)"))
@@ -408,16 +408,16 @@ def _fill(plan, o: Option, options, rejected, hw, opts, model, eng, version, gpu
     if opts.host not in ("127.0.0.1", "localhost", "::1"):
         plan.warnings.append(f"serving on {opts.host}: reachable from other machines; set LLAMA_API_KEY to require a key")
     D(Decision("listen", f"{opts.host}:{opts.port}", "loopback only unless --host says otherwise", "policy: qwenplan security default"))
-    plan.settings = settings
+    plan.settings = settings.to_dict()
     plan.memory = _memory(o, gpu, budget, kv_tok)
     assumptions = [{"what": "one sequence decoding; the experts in host RAM read by the CPU at "
-                            f"{host_bw:.1f} GB/s x {f['host_efficiency']}", "source": host_bw_source},
+                             f"{host_bw:.1f} GB/s x {f['host_efficiency']}", "source": host_bw_source},
                    {"what": "vLLM's fitted step constants (no llama.cpp run on a GPU yet)", "source": "profiles/speed.yaml"}]
     if o.mtp:
         acc, acc_source = speed.acceptance_for(v)
         assumptions.append({"what": f"MTP draft acceptance {acc:.0%} per token", "source": acc_source})
     plan.performance = {"levels": {"c1": {"concurrency": 1, "tokens_per_s": round(o.tokens_per_s, 1), "ttft_s": None,
-                                          "tpot_ms": round(1000 / o.tokens_per_s, 2)}},
+                                           "tpot_ms": round(1000 / o.tokens_per_s, 2)}},
                         "goal_concurrency": 1, "assumptions": assumptions}
     for vid, reason in rejected:
         plan.rejected.append(Rejected(vid, reason, ENGINE))
@@ -426,8 +426,8 @@ def _fill(plan, o: Option, options, rejected, hw, opts, model, eng, version, gpu
         if a.variant.id != v.id and (a.variant.id not in others or a.context > others[a.variant.id].context):
             others[a.variant.id] = a
     plan.alternatives = [{"variant": a.variant.id, "engine": ENGINE, "max_model_len": a.context, "max_num_seqs": a.slots,
-                          "tensor": 1, "data": 1, "kv_cache_dtype": a.cache_type,
-                          "tokens_per_s": round(a.tokens_per_s, 1)} for a in others.values()]
+                           "tensor": 1, "data": 1, "kv_cache_dtype": a.cache_type,
+                           "tokens_per_s": round(a.tokens_per_s, 1)} for a in others.values()]
     return plan
 
 

@@ -133,13 +133,22 @@ def weights_on_gpu(c: Candidate) -> tuple[int, int, int]:
     loaded = _loaded(c.variant.recipe, m.shape, m.vision_params, c.tp, ep, c.spec_tokens > 0, vision)
     # Pipeline parallelism splits the decoder layers across stages (the largest stage counts).
     share = 1.0 if c.pp == 1 else ceil_div(m.shape.layers, c.pp) / m.shape.layers
-    overhead = constants(c.family)["load_overhead_bytes"]
+    overhead = constants(c.family)["load_overhead_bytes"] + _draft_embeddings(c)
     if c.expert_cache is None:
         return int(loaded.total * share) + overhead, 0, 0
     slot = loaded.expert_per_layer_each * m.shape.layers
     fork = _fork_cache_facts()
     cache = c.expert_cache * slot + fork["overflow_buffer_bytes"]
     return int((loaded.total - loaded.experts) * share) + overhead, cache, slot
+
+
+def _draft_embeddings(c: Candidate) -> int:
+    """SGLang's MTP draft allocates its own embedding and LM head (bfloat16, split over the vocabulary
+    by TP) before it shares the target's, so the pool is sized with both (profiles/memory.yaml)."""
+    if not (c.spec_tokens and constants(c.family).get("mtp_draft_own_embeddings")):
+        return 0
+    s = c.variant.model.shape
+    return 2 * ceil_div(s.vocab, c.tp) * s.hidden * DTYPE_BYTES["bfloat16"]
 
 
 @lru_cache(maxsize=None)

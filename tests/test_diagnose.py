@@ -85,6 +85,8 @@ EXAMPLES = {
     "hf-access": ("huggingface_hub.errors.GatedRepoError: 403 Client Error. Cannot access gated repo for url", None),
     "parsers-without-tokenizer": ("(APIServer pid=1234) AttributeError: 'NoneType' object has no attribute 'get_vocab'",
                                   {"reasoning_parser": None, "tool_call_parser": None}),
+    "sglang-override-replaces-text-config": ("AttributeError: 'PreTrainedConfig' object has no attribute "
+                                             "'max_position_embeddings'", None),
     "port-in-use": ("ERROR: [Errno 98] error while attempting to bind on address ('0.0.0.0', 8000): address already "
                     "in use", None),
     "gpu-busy": ("ValueError: Free memory on device cuda:0 (12.18/23.56 GiB) on startup is less than desired GPU "
@@ -115,6 +117,13 @@ CONTEXT = {  # earlier lines that tell where in the start-up it failed
     "oom-cudagraph": ["INFO Model loading took 18.09 GiB memory", "Capturing CUDA graphs (mixed prefill-decode): 40%"],
     "oom": ["INFO Model loading took 18.09 GiB memory and 12.5 seconds"],
 }
+
+
+def test_the_real_sglang_log_of_a_yarn_override_is_diagnosed():
+    """SGLang 0.5.14 on an H200 with the card's nested YaRN override (benchmarks/gpu/results)."""
+    log = Path(__file__).resolve().parent.parent / "benchmarks/gpu/results/h200-sglang-r1-failed/h200-sglang-plan-long/serve.log"
+    d = dg.diagnose(log.read_text(errors="replace").splitlines())
+    assert d is not None and d.id == "sglang-override-replaces-text-config" and "--context 262144" in d.fix
 
 
 def test_every_signature_has_an_example_and_a_source():

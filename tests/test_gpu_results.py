@@ -76,12 +76,12 @@ def test_prediction_matches_what_sglang_allocated(run):
 
 
 def test_sglang_fixture_reads_every_figure_and_predicts_the_request_cap():
-    """The fixture's log: SGLang cut --max-running-requests 128 to 83 (418 slots / 5 per request
+    """The fixture's log: SGLang cut --max-running-requests 128 to 81 (409 slots / 5 per request
     with extra_buffer); the prediction says so, and every figure compare.py shows is read."""
     out = _predict_run(FIXTURE)
     p, m = out["predicted"], out["reported"]
-    assert m["max_running_requests"] == 83 and p["max_running_requests"] == 83
-    assert m["mamba_cache_size"] == p["mamba_cache_size"] == 418
+    assert m["max_running_requests"] == 81 and p["max_running_requests"] == 81
+    assert m["mamba_cache_size"] == p["mamba_cache_size"] == 409
     for k in ("weights_bytes", "kv_cache_bytes", "mamba_cache_bytes", "intermediate_bytes", "draft_kv_bytes",
               "cudagraph_bytes", "context_len"):
         assert m.get(k), k

@@ -136,7 +136,10 @@ class Run:
         self.gpu_mem_mib = self.gpus[0].get("memory_total_mib")
         self.engine = self.result.get("engine") or engine_of(self.argv)
         load = folder / "load.json"
-        self.load = json.loads(load.read_text())["levels"] if load.exists() else None
+        levels = json.loads(load.read_text())["levels"] if load.exists() else {}
+        # A level whose every request failed measured nothing (SGLang round 3: the load asked for
+        # min_new_tokens, which --skip-tokenizer-init refuses): no speed, memory still counts.
+        self.load = {k: v for k, v in levels.items() if v.get("completion_tokens")} or None
         # Several GPUs of one machine: NVLink where its probe shows the peers (results/<queue>/*-probe.json).
         probes = [json.loads(p.read_text()) for p in folder.parent.glob("*-probe.json")]
         self.nvlink = len(self.gpus) > 1 and any(g.get("nvlink_peers") for pr in probes for g in pr.get("gpus", []))

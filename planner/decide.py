@@ -56,6 +56,11 @@ class PlanOptions:
     served_name: str | None = None
     nodes: int = 1
     measured: dict | None = None      # calibration key -> latest engine report (launch/calibration.py)
+    # What a retry pins after a failed start (launch/diagnose.py, profiles/failures.yaml):
+    eager: bool = False               # no CUDA graphs
+    utilization: float | None = None  # the memory fraction, in place of the engine's default
+    parsers: bool = True              # False: no reasoning / tool-call parser
+    because: str | None = None        # why these were pinned: a decision of the plan
 
 
 @lru_cache(maxsize=None)
@@ -250,9 +255,11 @@ def _layouts(v: Variant, view: GpuView, opts: PlanOptions, engine: str) -> list[
     return out
 
 
-def _gmu(choice: EngineChoice, view: GpuView, family: str) -> tuple[float, str]:
+def _gmu(choice: EngineChoice, view: GpuView, family: str, pinned: float | None = None) -> tuple[float, str]:
     """The memory fraction: the engine's default, lowered when other processes hold memory."""
     eng = choice.engine
+    if pinned is not None:
+        return pinned, f"{pinned}: pinned by the retry of a failed start"
     if view.pool:
         return view.pool.fraction, view.pool.reason
     default, source = eng.default("gpu_memory_utilization", choice.version)
@@ -300,7 +307,7 @@ def _candidates(v: Variant, choice: EngineChoice, view: GpuView, opts: PlanOptio
     out = []
     eng = choice.engine
     family = "sglang" if eng.id == "sglang" else "vllm"
-    gmu, _ = _gmu(choice, view, family)
+    gmu, _ = _gmu(choice, view, family, opts.utilization)
     budget = int(gmu * view.cuda_total)
     profiled = eng.default("cudagraph_memory_profiled", choice.version)[0]
     profiled = True if profiled is None else profiled
@@ -315,7 +322,7 @@ def _candidates(v: Variant, choice: EngineChoice, view: GpuView, opts: PlanOptio
                 for batched in _batched_options(view):
                     cache_sizes = [None] if eng.id != "vllm-offload" else [0]
                     for ec in cache_sizes:
-                        cand = Candidate(v, eng.id, choice.version, tp, pp, dp, kv, spec, False, ec, batched,
+                        cand = Candidate(v, eng.id, choice.version, tp, pp, dp, kv, spec, opts.eager, ec, batched,
                                          opts.vision, cap)
                         fixes = _workarounds_for(cand, v, view)
                         if any((w.get("set") or {}).get("enforce_eager") for w in fixes):
@@ -461,6 +468,8 @@ def make_plan(hw: Hardware, opts: PlanOptions = PlanOptions()) -> Plan:
     plan = Plan(model=model.id, goal=opts.goal, status="infeasible", engine={}, variant={}, parallel={},
                 settings={}, memory={}, hardware=hw.to_dict())
     plan.warnings.extend(warnings)
+    if opts.because:
+        plan.decisions.append(Decision("retry", "a safer plan", opts.because, "profiles/failures.yaml"))
     if opts.engine == "llamacpp" or view is None:
         return llamacpp.make_plan(hw, opts, model, plan, view, "asked for with --engine llamacpp"
                                   if opts.engine == "llamacpp" else "no usable NVIDIA GPU here: llama.cpp runs on the CPU")
@@ -692,8 +701,8 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
                 "kv_cache_memory_bytes": None, "enforce_eager": c.eager, "expert_cache_size": c.expert_cache,
                 "speculative": None, "mamba_cache_strategy": None,
                 "disable_vision": not opts.vision and v.multimodal_config and bool(eng.arg_spellings("disable_vision")),
-                "hf_overrides": None, "reasoning_parser": eng.parser("reasoning_parser")["value"],
-                "tool_call_parser": eng.parser("tool_call_parser")["value"], "chat_template_kwargs": None,
+                "hf_overrides": None, "reasoning_parser": eng.parser("reasoning_parser")["value"] if opts.parsers else None,
+                "tool_call_parser": eng.parser("tool_call_parser")["value"] if opts.parsers else None, "chat_template_kwargs": None,
                 "extra_args": [], "env": {}, "api_key_env": eng.raw.get("api_key_env") or eng.raw.get("api_key_flag_env"),
                 "workarounds": []}
     if c.spec_tokens:
@@ -720,7 +729,7 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
                    "https://github.com/sgl-project/sglang/blob/v0.5.23/python/sglang/srt/model_executor/model_runner.py (mem_fraction_static covers weights and pools)" +
                    (f"; {view.pool.source}" if view.pool else "")))
     else:
-        D(Decision("gpu_memory_utilization", settings["gpu_memory_utilization"], _gmu(o.choice, view, c.family)[1],
+        D(Decision("gpu_memory_utilization", settings["gpu_memory_utilization"], _gmu(o.choice, view, c.family, opts.utilization)[1],
                    view.pool.source if view.pool else "profiles/flags/vllm-*.txt (vllm serve --help: --gpu-memory-utilization)"))
     kv_per_seq = s.layout.bytes_per_request(o.context) if s.layout else o.context * s.kv_per_token + s.state_per_seq
     D(Decision("kv_cache_dtype", "fp8" if c.kv_dtype == "fp8" else "auto (bf16)",
@@ -777,8 +786,9 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
     spec = v.engines.get(eng.id) or {}
     settings["extra_args"].extend(spec.get("args") or ())
     settings["env"].update(spec.get("env") or {})
-    D(Decision("enforce_eager", c.eager, "eager: " + "; ".join(w["reason"] for w in o.fixes
-                                                                if (w.get("set") or {}).get("enforce_eager"))
+    D(Decision("enforce_eager", c.eager, "eager: " + "; ".join([w["reason"] for w in o.fixes
+                                                                 if (w.get("set") or {}).get("enforce_eager")]
+                                                                + ["pinned by the retry of a failed start"] * opts.eager)
                if c.eager else "CUDA graphs on: faster decoding" + (
                    f" ({gib(s.cudagraph)} for graphs counted inside the budget)" if s.cudagraph_in_budget else
                    f" ({gib(s.cudagraph)} for graphs outside the budget, as this version does not profile them)"),

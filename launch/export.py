@@ -80,6 +80,7 @@ from typing import Any, Union
 
 import yaml
 from qwenplan.launch.safe_text import CONTROL, printable
+from qwenplan.launch.safe_text import SECRET_NAME as _SECRET_LIKE   # the one secret-name pattern
 from qwenplan.planner.engines import get_engine
 from qwenplan.planner.errors import InfeasibleError, InputError
 from qwenplan.planner.flags import flag_set
@@ -95,8 +96,6 @@ ENV_FILE_NAME = "qwen.env"           # the secrets file compose reads beside com
 VLLM_DP_RPC_PORT = 13345             # vLLM docs/serving/data_parallel_deployment.md multi-node example
 DEFAULT_SHM = "15Gi"                 # vLLM's LWS example: /dev/shm emptyDir, medium Memory, sizeLimit 15Gi
 
-# HF_TOKEN, HUGGING_FACE_HUB_TOKEN, VLLM_API_KEY, ... but not TOKENIZERS_PARALLELISM or *_MAX_TOKENS
-_SECRET_LIKE = re.compile(r"(^|_)(TOKEN|API_KEY|APIKEY|SECRET|SECRET_KEY|PASSWORD|PASSWD)$", re.I)
 _SECRET_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

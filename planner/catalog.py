@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .capability import parse_cc
 from .errors import InputError
 from .units import MiB
 
@@ -127,8 +128,7 @@ class GPUProfile:
         return self.name.replace("NVIDIA ", "", 1)
 
     def cc_tuple(self) -> tuple[int, int]:
-        major, _, minor = self.compute_capability.partition(".")
-        return int(major), int(minor or 0)
+        return parse_cc(self.compute_capability)
 
 
 def _gpu_from(d: dict) -> GPUProfile:

@@ -18,6 +18,7 @@ from functools import lru_cache
 
 from . import disk, llamacpp, objective, offload, shm, speed
 from .budget import SharedPool, shared_pool
+from .capability import parse_cc
 from .catalog import find_gpu, load_profile
 from .engines import Engine, check_version, get_engine, workarounds
 from .errors import InputError
@@ -226,13 +227,13 @@ def _support_problem(v: Variant, choice: EngineChoice, view: GpuView) -> str | N
         return (f"needs {eng.name} {spec['min']} or newer (planning for {choice.version}): "
                 f"{eng.install_command(spec['min'])}")
     need = v.min_compute_capability()
-    if need and view.cc < tuple(int(x) for x in need.split(".")):
+    if need and view.cc < parse_cc(need):
         return f"needs compute capability {need}+ (these GPUs: {view.cc_text})"
     need = spec.get("min_compute_capability")   # this engine's kernels for this format
-    if need and view.cc < tuple(int(x) for x in need.split(".")):
+    if need and view.cc < parse_cc(need):
         return f"{eng.name} needs compute capability {need}+ for it (these GPUs: {view.cc_text}; {spec['cc_source']})"
     eng_cc = eng.min_compute_capability(choice.version)
-    if eng_cc and view.cc < tuple(int(x) for x in eng_cc[0].split(".")):
+    if eng_cc and view.cc < parse_cc(eng_cc[0]):
         return f"{eng.name} {choice.version} needs compute capability {eng_cc[0]}+ (these GPUs: {view.cc_text})"
     for bad in eng.raw.get("fails_on") or ():
         if _cc_matches(view.cc, bad["compute_capability"]):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .capability import parse_cc
 from .hardware import GPU, Hardware, Host
 
 
@@ -187,7 +188,8 @@ def _cuda_order(devices: list[_Device], order: str | None, notes: list[str]) -> 
     if len({(d.name, d.speed) for d in devices}) > 1:
         notes.append("GPUs differ and CUDA_DEVICE_ORDER is not PCI_BUS_ID: CUDA numbers the fastest first, so "
                      "indices may differ from nvidia-smi; set CUDA_DEVICE_ORDER=PCI_BUS_ID to make them agree")
-        return sorted(devices, key=lambda d: (-(float(d.cc or 0)), -d.speed))  # stable: PCI order on ties
+        # fastest first: by compute capability (as a tuple: "8.10" > "8.9"), then clocks; stable: PCI order on ties
+        return sorted(devices, key=lambda d: (tuple(-x for x in parse_cc(d.cc) or (0, 0)), -d.speed))
     return list(devices)
 
 
@@ -249,13 +251,18 @@ def select_gpu_ids(hw: Hardware, ids: list[int]) -> Hardware:
 # --- host ---------------------------------------------------------------------------------
 
 def hf_cache_dir(env: dict[str, str]) -> Path:
-    """Where huggingface_hub keeps downloads (HF_HUB_CACHE, then HF_HOME/hub)."""
-    if env.get("HF_HUB_CACHE"):
-        return Path(env["HF_HUB_CACHE"]).expanduser()
-    if env.get("HF_HOME"):
-        return Path(env["HF_HOME"]).expanduser() / "hub"
-    base = Path(env["XDG_CACHE_HOME"]).expanduser() if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
-    return base / "huggingface" / "hub"
+    """Where huggingface_hub keeps downloads, by its documented precedence (without importing
+    it): HF_HUB_CACHE, then the legacy HUGGINGFACE_HUB_CACHE, then HF_HOME/hub, HF_HOME defaulting
+    to $XDG_CACHE_HOME/huggingface, then ~/.cache/huggingface; ~ and $VARS expanded, as the hub
+    does (huggingface_hub/constants.py; https://huggingface.co/docs/huggingface_hub/package_reference/environment_variables)."""
+    def expand(p: str) -> Path:
+        return Path(os.path.expandvars(os.path.expanduser(p)))
+
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if env.get(var):
+            return expand(env[var])
+    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return expand(home) / "hub"
 
 
 def _existing(path: Path) -> Path:

@@ -9,13 +9,21 @@ import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from .capability import parse_cc
 from .errors import InputError
 from .units import MiB
+
+
+def profiles_dir() -> Path:
+    """The qwenplan.profiles package's folder. A plain path, not importlib.resources (which
+    imports zipfile, tempfile and more, ~8 ms of every start): the package is always installed
+    as files (a wheel or the editable mapping of pyproject's package-dir)."""
+    import qwenplan.profiles
+
+    return Path(next(iter(qwenplan.profiles.__path__)))
 
 
 def _yaml_load(text: str) -> Any:
@@ -73,7 +81,7 @@ def _write_cache(path: Path, key: str, data: Any) -> None:
 def load_profile(name: str) -> Any:
     """One YAML file of the qwenplan.profiles package, parsed once per process (and, between
     processes, from a JSON copy in the user's cache)."""
-    text = resources.files("qwenplan.profiles").joinpath(name).read_text(encoding="utf-8")
+    text = (profiles_dir() / name).read_text(encoding="utf-8")
     cache, key = _parsed_cache(text)
     data = _read_cache(cache, key)
     if data is None:
@@ -83,7 +91,7 @@ def load_profile(name: str) -> Any:
 
 
 def profile_text(name: str) -> str:
-    return resources.files("qwenplan.profiles").joinpath(name).read_text(encoding="utf-8")
+    return (profiles_dir() / name).read_text(encoding="utf-8")
 
 
 # --- GPUs ---------------------------------------------------------------------------------

@@ -76,6 +76,28 @@ def test_planning_imports_no_engine_torch_or_hub():
     assert r.stderr.strip().endswith("IMPORTED:")
 
 
+# What planning never needs (issue 18, start-up time): the views (rich), package metadata and
+# resources machinery, the launcher's processes and sockets. Counted by module, not by the clock,
+# so a busy box cannot make it pass or fail.
+NOT_FOR_PLANNING = ("rich", "importlib.metadata", "importlib.resources", "zipfile", "tempfile", "subprocess",
+                    "http.client", "socket", "shutil", "qwenplan.launch.runner", "qwenplan.launch.export")
+
+
+@pytest.mark.parametrize("args,also", [
+    (["plan", "--json", "--gpu", "H100", "--gpus", "16"], ("psutil", "pynvml")),   # no probe for a named GPU
+    (["plan", "--json", "--hardware", str(ROOT / "examples/hardware/no-gpu.json")], ()),
+    (["plan", "--json"], None),           # the probe: psutil and pynvml bring subprocess, socket, tempfile
+])
+def test_planning_imports_only_what_it_uses(args, also):
+    unused = NOT_FOR_PLANNING + also if also is not None else tuple(
+        m for m in NOT_FOR_PLANNING if m not in ("subprocess", "socket", "tempfile", "shutil"))
+    code = ("import sys, io, contextlib; from qwenplan.launch.cli import main\n"
+            f"with contextlib.redirect_stdout(io.StringIO()): main({args!r})\n"
+            f"print(','.join(m for m in {unused!r} if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "", r.stdout + r.stderr
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

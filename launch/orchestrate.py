@@ -83,15 +83,20 @@ class Replanner:
         from qwenplan.launch.render import with_command
         from qwenplan.planner.decide import make_plan
 
+        from qwenplan.planner.plan import Decision
+
         opts = replace(self.base, context=options["context"], concurrency=options["concurrency"],
-                       mtp=options["mtp"], eager=options["eager"], utilization=options["utilization"],
-                       parsers=options["parsers"], because=because)
+                       mtp=options["mtp"], eager=options["eager"], utilization=options["utilization"])
         try:
             p = make_plan(self.hw, opts)
         except InputError:
             return None
         if p.status != "ok":
             return None
+        p.decisions.insert(0, Decision("retry", "a safer plan", because, "profiles/failures.yaml"))
+        if not options["parsers"]:     # they need the tokenizer; nothing the memory model sizes
+            p.settings.update(reasoning_parser=None, tool_call_parser=None)
+            p.decisions.append(Decision("parsers", None, "off: " + because, "profiles/failures.yaml"))
         if self.model_path:
             serve_gguf(p, self.model_path)
         return with_command(p, self.extra_args).to_dict()

@@ -60,8 +60,6 @@ class PlanOptions:
     # What a retry pins after a failed start (launch/diagnose.py, profiles/failures.yaml):
     eager: bool = False               # no CUDA graphs
     utilization: float | None = None  # the memory fraction, in place of the engine's default
-    parsers: bool = True              # False: no reasoning / tool-call parser
-    because: str | None = None        # why these were pinned: a decision of the plan
 
 
 @lru_cache(maxsize=None)
@@ -469,8 +467,6 @@ def make_plan(hw: Hardware, opts: PlanOptions = PlanOptions()) -> Plan:
     plan = Plan(model=model.id, goal=opts.goal, status="infeasible", engine={}, variant={}, parallel={},
                 settings={}, memory={}, hardware=hw.to_dict())
     plan.warnings.extend(warnings)
-    if opts.because:
-        plan.decisions.append(Decision("retry", "a safer plan", opts.because, "profiles/failures.yaml"))
     if opts.engine == "llamacpp" or view is None:
         return llamacpp.make_plan(hw, opts, model, plan, view, "asked for with --engine llamacpp"
                                   if opts.engine == "llamacpp" else "no usable NVIDIA GPU here: llama.cpp runs on the CPU")
@@ -702,8 +698,8 @@ def _fill(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions,
                 "kv_cache_memory_bytes": None, "enforce_eager": c.eager, "expert_cache_size": c.expert_cache,
                 "speculative": None, "mamba_cache_strategy": None,
                 "disable_vision": not opts.vision and v.multimodal_config and bool(eng.arg_spellings("disable_vision")),
-                "hf_overrides": None, "reasoning_parser": eng.parser("reasoning_parser")["value"] if opts.parsers else None,
-                "tool_call_parser": eng.parser("tool_call_parser")["value"] if opts.parsers else None, "chat_template_kwargs": None,
+                "hf_overrides": None, "reasoning_parser": eng.parser("reasoning_parser")["value"],
+                "tool_call_parser": eng.parser("tool_call_parser")["value"], "chat_template_kwargs": None,
                 "extra_args": [], "env": {}, "api_key_env": eng.raw.get("api_key_env") or eng.raw.get("api_key_flag_env"),
                 "workarounds": []}
     if c.spec_tokens:

@@ -129,11 +129,17 @@ def _check_host(ctx, param, value):
     raise click.BadParameter(f"{value!r} is not an IP address or a host name (e.g. 127.0.0.1, 0.0.0.0, ::1)")
 
 
+def _goal_names():
+    from qwenplan.planner.catalog import load_profile
+
+    return load_profile("goals.yaml")["goals"]
+
+
 def _plan_options(f):
     """What to plan: every command that plans takes these (the design's common options)."""
     opts = [
-        click.option("--goal", type=click.Choice(["balanced", "long-context", "throughput"]), default="balanced",
-                     show_default=True, help="What to optimise for."),
+        click.option("--goal", type=click.Choice(list(_goal_names())), default="balanced", show_default=True,
+                     help="What to optimise for (profiles/goals.yaml)."),
         click.option("--engine", default="auto", show_default=True, metavar="[auto|vllm|vllm-offload|sglang|llamacpp]",
                      help="Engine to plan for."),
         click.option("--engine-version", metavar="X", help="Plan for this engine version (installed or not)."),
@@ -171,43 +177,6 @@ def split_options(kw: dict) -> tuple[dict, dict]:
     return plan_kw, kw
 
 
-def engine_for_version(hw, engine: str, version: str | None) -> str:
-    """`--engine-version X` without `--engine`: the one engine that has release X, else the one
-    installed here; refused when that still leaves a choice."""
-    if engine != "auto" or not version:
-        return engine
-    from qwenplan.planner.engines import engines
-
-    known = [e.id for e in engines().values() if version in e.versions]
-    if len(known) == 1:
-        return known[0]
-    installed = [k for k, v in (hw.engines or {}).items() if v and (k in known or not known)]
-    if len(installed) == 1:
-        return installed[0]
-    which = known or list(engines())
-    raise InputError(f"--engine-version needs --engine: {version} could be {' or '.join(which)}",
-                     f"say which, e.g. --engine {which[0]} --engine-version {version}")
-
-
-def build_plan(hw, plan_kw: dict):
-    """Hardware + options -> a rendered Plan (command filled in when feasible)."""
-    from qwenplan.launch.render import with_command
-    from qwenplan.planner.decide import PlanOptions, make_plan
-
-    if plan_kw.get("no_mtp") and plan_kw.get("force_mtp"):
-        raise InputError("--mtp and --no-mtp contradict each other", "give one of them")
-    mtp = False if plan_kw.get("no_mtp") else (True if plan_kw.get("force_mtp") else None)
-    engine = engine_for_version(hw, plan_kw.get("engine", "auto"), plan_kw.get("engine_version"))
-    opts = PlanOptions(model=plan_kw.get("model"), goal=plan_kw.get("goal", "balanced"),
-                       engine=engine, engine_version=plan_kw.get("engine_version"),
-                       variant=plan_kw.get("variant"), context=plan_kw.get("context"),
-                       concurrency=plan_kw.get("concurrency"), kv_dtype=plan_kw.get("kv_dtype"), mtp=mtp,
-                       vision=bool(plan_kw.get("vision")), host=plan_kw.get("host", "127.0.0.1"),
-                       port=plan_kw.get("port", 8000), served_name=plan_kw.get("served_name"),
-                       nodes=plan_kw.get("nodes", 1), measured=plan_kw.get("measured"))
-    return with_command(make_plan(hw, opts), tuple(plan_kw.get("extra_args") or ()))
-
-
 def refuse_infeasible(p, what: str) -> None:
     """Exit 3 with why, when no plan fits (every command that needs a plan)."""
     if p.status != "ok":
@@ -216,7 +185,7 @@ def refuse_infeasible(p, what: str) -> None:
 
 
 def plan_from_cli(kw: dict):
-    return _plan_here(kw)[1]
+    return _plan_here(kw)[2]
 
 
 @cli.command()
@@ -318,32 +287,17 @@ def _measured() -> dict:
 
 
 def _plan_here(kw: dict, use_calibration: bool = True):
+    """(hardware, plan options as click names them, the rendered plan)."""
+    from qwenplan.launch.orchestrate import build_plan, note_calibration_change
+
     plan_kw, hw_kw = split_options(dict(kw))
     hw = load_hardware(**{k: hw_kw.get(k) for k in ("hardware_file", "gpu_names", "gpu_count", "ram", "disk", "gpu_ids")})
     if use_calibration and not hw_kw.get("no_calibration"):
         plan_kw["measured"] = _measured()
     p = build_plan(hw, plan_kw)
     if plan_kw.get("measured") and p.status == "ok":
-        _say_if_calibration_changed(p, build_plan(hw, dict(plan_kw, measured=None)), plan_kw["measured"])
-    return hw, p
-
-
-def _say_if_calibration_changed(p, formula, measured: dict) -> None:
-    """A stored engine report that changes the plan (its sizing, or the choice among candidates)
-    is a decision of its own, named with its files: never a silent switch."""
-    def what(plan):
-        return plan.status, plan.variant.get("id"), plan.engine.get("name"), plan.parallel, plan.settings
-    if what(p) == what(formula):
-        return
-    from qwenplan.planner.plan import Decision
-
-    gpus = {g.get("name") for g in p.memory.get("gpus") or []}
-    files = sorted({o["file"] for o in measured.values() if (o.get("gpu") or {}).get("name") in gpus | {None}})
-    before = (f"{formula.variant['id']} on {formula.engine['name']}, {formula.settings['max_model_len']:,} tokens, "
-              f"{formula.settings['max_num_seqs']} sequences" if formula.status == "ok" else "no plan fits")
-    p.decisions.append(Decision("calibration", "changed the plan", f"engine reports stored on this box changed "
-                                f"the plan; from the formula alone it would be: {before} (--no-calibration)",
-                                ", ".join(files) or "qwenplan calibration list"))
+        note_calibration_change(p, build_plan(hw, dict(plan_kw, measured=None)), plan_kw["measured"])
+    return hw, plan_kw, p
 
 
 @cli.command()
@@ -359,7 +313,7 @@ def doctor(no_parse, as_json, **kw):
     from qwenplan.launch import views
     from qwenplan.launch.doctor import run_checks
 
-    hw, p = _plan_here(kw)
+    hw, _, p = _plan_here(kw)
     refuse_infeasible(p, "check")
     checks = run_checks(p, hw, parse=not no_parse)
     if as_json:
@@ -404,7 +358,7 @@ def export(kind, output, force, venv, user_unit, run_as_user, env_file, image, n
     """The plan as a systemd unit, a docker compose file, Kubernetes manifests or a shell script."""
     from qwenplan.launch import export as exp
 
-    _, p = _plan_here(kw, use_calibration=False)
+    _, _, p = _plan_here(kw, use_calibration=False)
     refuse_infeasible(p, "export")
     if p.parallel.get("nodes", 1) == 1:
         for name, value in (("--node-rank", node_rank), ("--head-addr", head_addr)):
@@ -487,152 +441,6 @@ def calibration_clear():
         click.echo(f"qwenplan: warning: {line}", err=True)
 
 
-def _smoke_speed(plan_doc: dict, smoke) -> dict | None:
-    """The smoke test's speed beside the prediction for one request (planner/speed.py)."""
-    one = ((plan_doc.get("performance") or {}).get("levels") or {}).get("c1")
-    if smoke is None or not smoke.tokens_per_s:
-        return None
-    out = {"smoke_tokens_per_s": round(smoke.tokens_per_s, 2), "smoke_ttft_s": round(smoke.ttft_s, 4)}
-    if one:
-        out.update(predicted_tokens_per_s=round(1000 / one["tpot_ms"], 2), predicted_ttft_s=one["ttft_s"])
-    return out
-
-
-def _report(plan_doc: dict, lines: list[str], source: str, smoke=None) -> None:
-    """Predicted beside reported; a large miss is a warning naming both; the report is stored,
-    with the smoke test's speed beside the predicted one."""
-    from qwenplan.launch import calibration as cal
-    from qwenplan.launch.engine_log import parse_memory
-
-    if plan_doc["engine"]["name"] == "llamacpp":
-        return _report_llamacpp(plan_doc, lines)
-    rep = parse_memory(lines).to_dict()
-    m = plan_doc["memory"]
-    rows = [("weights", m.get("weights_bytes"), rep.get("weights_bytes")),
-            ("activation peak", m.get("activation_bytes"), rep.get("activation_bytes")),
-            ("non-torch", m.get("non_torch_bytes"), rep.get("non_torch_bytes")),
-            ("CUDA graphs", m.get("cudagraph_bytes"), rep.get("cudagraph_bytes")),
-            # SGLang: the plan's KV tensors (its kv_cache_bytes is the whole pool, DeltaNet states too)
-            ("KV cache memory", (m.get("sglang") or {}).get("kv_bytes", m.get("kv_cache_bytes")), rep.get("kv_cache_bytes")),
-            ("KV cache tokens", m.get("kv_cache_tokens"), rep.get("kv_tokens"))]
-
-    def show(name, v):
-        return "-" if v is None else f"{v:,}" if name == "KV cache tokens" else f"{v / (1 << 30):.2f} GiB"
-    click.echo("memory: predicted / reported by the engine")
-    for name, pred, got in rows:
-        click.echo(f"  {name:16} {show(name, pred):>16} {show(name, got):>16}")
-    if rep.get("cudagraph_captured_bytes") is not None:
-        click.echo(f"  {'graphs captured':16} {'':>16} {show('', rep['cudagraph_captured_bytes']):>16}"
-                   "  (beyond the estimate: outside the budget)")
-    for line in cal.compare(m, rep):
-        click.echo(f"qwenplan: warning: large miss: {line}", err=True)
-    speed = _smoke_speed(plan_doc, smoke)
-    if speed:
-        click.echo(f"speed: smoke test {speed['smoke_tokens_per_s']:.1f} tokens/s (one short request)" +
-                   (f"; predicted {speed['predicted_tokens_per_s']:.1f} tokens/s while decoding one request"
-                    if "predicted_tokens_per_s" in speed else ""))
-    if rep.get("weights_bytes"):
-        try:
-            path = cal.record(plan_doc, rep, source, speed)
-        except OSError as e:   # the engine is up: a store that cannot be written is no reason to fail
-            click.echo(f"qwenplan: warning: the engine report was not stored in {cal.store_dir()} "
-                       f"({e.strerror or type(e).__name__}); later plans use the formula", err=True)
-        else:
-            click.echo(f"stored in {path}")
-
-
-def _require_this_box(kw: dict, hw) -> None:
-    """auto and verify run on this box: GPUs only named (--gpu, --hardware) must be GPUs it has,
-    or the engine would start on other hardware and its report be stored under a GPU not here."""
-    if not (kw.get("hardware_file") or kw.get("gpu_names")):
-        return
-    from collections import Counter
-
-    from qwenplan.planner import probe
-    from qwenplan.planner.catalog import find_gpu, normalize_gpu_name
-
-    def kind(g):
-        profile = find_gpu(g.name, g.memory_total_bytes)
-        return profile.id if profile else normalize_gpu_name(g.name)
-
-    here = probe.probe()
-    if not hw.gpus and not here.gpus:
-        return          # a box without a GPU described as one: llama.cpp on this CPU
-    want, have = Counter(map(kind, hw.gpus)), Counter(map(kind, here.gpus))
-    if not want or any(have[k] < n for k, n in want.items()):
-        seen = ", ".join(g.name for g in here.gpus) or "no GPU"
-        named = ", ".join(g.name for g in hw.gpus) or "no GPU"
-        raise InputError(f"this box has {seen}, not the {named} named by --gpu/--hardware",
-                         "run it without --gpu/--hardware to use this box's GPUs; `qwenplan plan` and `export` "
-                         "plan for other hardware")
-
-
-def _report_llamacpp(plan_doc: dict, lines: list[str]) -> None:
-    """llama-server's own buffer sizes beside the plan's (the file served may be another size
-    than the plan's variant with --model-path)."""
-    from qwenplan.launch.engine_log import parse_llamacpp
-
-    rep, m = parse_llamacpp(lines), plan_doc["memory"]
-    gpu = ("CUDA0",) if m.get("gpus") else ()
-    rows = [("weights on GPU", m.get("gpu_weights_bytes"), rep.total("model", gpu) if gpu else None),
-            ("weights in host RAM", m.get("host_weights_bytes"), rep.total("model") - rep.total("model", gpu)),
-            ("KV cache + state", m.get("kv_cache_bytes"), rep.total("KV") + rep.total("RS")),
-            ("compute buffers", (m.get("compute_gpu_bytes") or 0) + (m.get("compute_host_bytes") or 0),
-             rep.total("compute"))]
-    click.echo("memory: predicted / reported by llama-server")
-    for name, pred, got in rows:
-        show = [("-" if v is None else f"{v / (1 << 30):.2f} GiB") for v in (pred, got)]
-        click.echo(f"  {name:20} {show[0]:>12} {show[1]:>12}")
-
-
-def _launch(p, *, retry: int, log_dir, dummy_model: str | None = None, smoke: bool = True, keep: bool = True):
-    """Run the plan (real or dummy weights) with bounded retries; returns the Outcome."""
-    import copy
-
-    from qwenplan.launch.diagnose import run_with_retries
-    from qwenplan.launch.render import render
-
-    doc = p.to_dict()
-    api_key = None
-    for name in doc["command"].get("secret_env", []) + [a["env"] for a in doc["command"].get("secret_args", [])]:
-        if name != "HF_TOKEN" and os.environ.get(name):
-            api_key = os.environ[name]
-
-    user_args = tuple(doc["command"].get("extra_args") or ())   # --extra-arg, on every attempt
-
-    def make_command(settings):
-        d = copy.deepcopy(doc)
-        d["settings"] = settings
-        if dummy_model:
-            # config.json alone: no weights, no tokenizer (render leaves out what needs one)
-            d["settings"] = dict(settings, model=dummy_model, load_format="dummy", skip_tokenizer_init=True)
-        cmd = render(d, user_args)
-        argv = list(cmd["argv"])
-        for a in cmd.get("secret_args", []):
-            if os.environ.get(a["env"]):
-                argv += [a["flag"], os.environ[a["env"]]]
-        return argv, cmd["env"]            # the engine inherits the rest; only the plan's env is logged
-
-    return run_with_retries(make_command, doc["settings"], retries=retry, log_dir=log_dir,
-                            host=doc["settings"]["host"], port=doc["settings"]["port"],
-                            served_name=doc["settings"]["served_model_name"], api_key=api_key, smoke=smoke,
-                            install=doc["engine"]["install"])
-
-
-def _log_dir(kind: str):
-    import time
-
-    from qwenplan.launch.calibration import store_dir
-
-    path = store_dir().parent / "runs" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
-    try:                               # before anything starts: a state folder we cannot write is bad input
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"cannot create the run log folder {path} ({e.strerror})",
-                         "set QWENPLAN_STATE_DIR (or XDG_STATE_HOME) to a folder you can write")
-    return path
-
-
 @cli.command()
 @_hardware_options
 @_plan_options
@@ -646,105 +454,29 @@ def _log_dir(kind: str):
               "plan's (add --no-mtp for a file without the MTP head).")
 def auto(dry_run, yes, retry, verify_first, model_path, **kw):
     """Probe, plan, fetch the checkpoint, launch, wait until healthy, smoke-test, stay in the foreground."""
-    from qwenplan.launch import fetch, runner, views
+    from qwenplan.launch import orchestrate, views
 
-    hw, p = _plan_here(kw)
+    hw, plan_kw, p = _plan_here(kw)
     gguf = p.status == "ok" and p.engine.get("name") == "llamacpp"
     if model_path:
         if not gguf:
             raise InputError("--model-path serves a local GGUF file: it needs a llama.cpp plan", "add --engine llamacpp")
         if not os.path.isfile(model_path):
             raise InputError(f"--model-path {model_path}: no such file", "give the path of a .gguf file")
-        _serve_gguf(p, model_path)
+        orchestrate.serve_gguf(p, model_path)
     if gguf and verify_first:
         raise InputError("--verify runs vLLM with dummy weights; llama.cpp has no such mode", "drop --verify")
     views.show_plan(p, brief=True)
     if p.status != "ok":
         raise click.exceptions.Exit(3)
-    doc = p.to_dict()
     if dry_run:
         return
-    _require_this_box(kw, hw)
-    if doc["settings"]["host"] not in ("127.0.0.1", "localhost", "::1") and not any(
-            os.environ.get(n) for n in doc["command"]["secret_env"][1:] + [a["env"] for a in doc["command"]["secret_args"]]):
-        click.echo(f"qwenplan: warning: serving on {doc['settings']['host']} without an API key", err=True)
-    files = [doc["variant"]["gguf_file"]] if gguf else None     # llama.cpp: one file of the repository
-    disk = [(str(fetch.hub_cache_dir()), 0 if model_path or fetch.cached_snapshot(doc["variant"]["repo"], allow_patterns=files)
-             else doc["variant"]["size_bytes"], f"the checkpoint {doc['variant']['repo']}")]
-    ram = 0
-    if doc["engine"]["name"] == "vllm-offload":
-        if doc["settings"]["env"].get("VLLM_MOE_COLD_TIER_MODE") == "disk":
-            disk.append(("/tmp", doc["variant"]["expert_bytes"], "the fork's disk-backed expert store"))
-        else:
-            ram = doc["variant"]["expert_bytes"]
-    for line in runner.preflight(doc["command"]["argv"], host=doc["settings"]["host"], port=doc["settings"]["port"],
-                                 install=doc["engine"]["install"], disk=disk, ram_bytes=ram,
-                                 ram_available=hw.host.usable_ram_bytes):
+    for line in orchestrate.preflight(p, hw, kw, model_path):
         click.echo(f"ok: {line}")
     if not yes and not click.confirm("Download (if needed) and launch?", default=True):
         raise click.exceptions.Exit(1)
-    if verify_first:
-        _verify(p, retry=retry)
-    if not model_path:
-        path = fetch.ensure_checkpoint(doc["variant"]["repo"], doc["variant"].get("revision"),
-                                       needed_bytes=doc["variant"]["size_bytes"], allow_patterns=files)
-        if gguf:
-            _serve_gguf(p, str(path / files[0]))
-    out = _launch(p, retry=retry, log_dir=_log_dir("auto"))
-    _finish(doc, out, "qwenplan auto")
-    from qwenplan.launch.orchestrate import stay_in_foreground
-
-    keys = doc["command"]["secret_env"][1:] + [a["env"] for a in doc["command"]["secret_args"]]
-    return stay_in_foreground(out.engine, doc, next((k for k in keys if os.environ.get(k)), None))
-
-
-def _serve_gguf(p, path: str) -> None:
-    """A llama.cpp plan served from a local GGUF file (downloaded, or --model-path)."""
-    from qwenplan.launch.render import with_command
-
-    p.settings.update(model_path=os.path.abspath(path), hf_repo=None, hf_file=None)
-    with_command(p)
-
-
-def _finish(doc, out, source):
-    last = out.last
-    for a in out.attempts[:-1]:
-        click.echo(f"attempt {a.number}: {a.message} ({a.log_path})", err=True)
-    if last.failure == "interrupted" and out.engine is not None and out.engine.signalled is not None:
-        from qwenplan.launch.orchestrate import interrupted
-
-        raise interrupted(out.engine.signalled)
-    if not out.ok:
-        msg = last.diagnosis.message if last.diagnosis else last.message
-        click.echo(f"qwenplan: error: {msg} (log: {last.log_path})", err=True)
-        if last.next_settings:
-            from qwenplan.launch.diagnose import describe_change
-            click.echo(f"qwenplan: a safer plan exists: {describe_change(last.settings, last.next_settings)}; "
-                       f"rerun with --retry 1 to launch it", err=True)
-        raise click.exceptions.Exit(1)
-    doc = dict(doc, settings=last.settings)
-    smoke = out.engine.result.smoke
-    _report(doc, out.engine.result.lines, source, smoke)
-    if smoke:
-        click.echo(f"ready: first token after {smoke.ttft_s:.2f} s, {smoke.tokens_per_s or 0:.1f} tokens/s")
-    return out
-
-
-def _verify(p, retry: int = 0):
-    """Serve the plan with dummy weights from config.json alone; report, store, stop."""
-    from qwenplan.launch import fetch
-
-    doc = p.to_dict()
-    if doc["engine"]["name"] == "llamacpp":
-        raise InputError("llama.cpp has no dummy-weight mode to verify a plan with",
-                         "`qwenplan auto` loads the real GGUF file and reports its memory")
-    config = fetch.config_only(doc["variant"]["repo"], doc["variant"].get("revision"))
-    out = _launch(p, retry=retry, log_dir=_log_dir("verify"), dummy_model=str(config.parent), smoke=False)
-    try:
-        _finish(doc, out, "qwenplan verify (--load-format dummy)")
-    finally:
-        if out.engine is not None:
-            out.engine.stop()
+    replan = orchestrate.Replanner(hw, plan_kw, p, model_path and os.path.abspath(model_path))
+    return orchestrate.auto(p, replan, retry=retry, verify_first=verify_first, model_path=model_path)
 
 
 @cli.command()
@@ -754,10 +486,12 @@ def _verify(p, retry: int = 0):
 def verify(retry, **kw):
     """Before downloading tens of GB: start the engine on the plan with dummy weights (config.json
     only), read its memory report, store it for later plans, stop it."""
-    hw, p = _plan_here(kw)
+    from qwenplan.launch import orchestrate
+
+    hw, plan_kw, p = _plan_here(kw)
     refuse_infeasible(p, "verify")
-    _require_this_box(kw, hw)
-    _verify(p, retry=retry)
+    orchestrate.require_this_box(kw, hw)
+    orchestrate.verify(p, orchestrate.Replanner(hw, plan_kw, p), retry=retry)
 
 
 def main(argv: list[str] | None = None) -> int:

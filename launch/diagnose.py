@@ -20,7 +20,6 @@ CONTEXT_STEP = 1024          # a context from the log is rounded down to this
 MIN_CONTEXT = 4096           # below this a "safer" plan is no longer worth serving
 MIN_UTILIZATION = 0.30
 MAX_UTILIZATION = 0.97
-DEFAULT_UTILIZATION = 0.90   # vLLM's default when the plan leaves it to the engine (0.92 in 0.26)
 MAX_RETRIES = 4              # however many --retry asks for, no more relaunches than this
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -107,27 +106,45 @@ def diagnose(lines) -> Diagnosis | None:
 
 # --- the safer plan --------------------------------------------------------------------------
 
+# The plan options a failure rule may change (profiles/failures.yaml `adjust:`), each with the
+# setting of the served plan its current value is read from. The planner makes the safer plan.
+OPTIONS = {"context": "max_model_len", "concurrency": "max_num_seqs", "eager": "enforce_eager",
+           "utilization": "gpu_memory_utilization", "mtp": "speculative", "parsers": "reasoning_parser"}
+_LOGGED = {"context": "max_model_len", "concurrency": "max_num_seqs"}   # the log's name of the figure
+
 
 class _No(Exception):
     """This adjustment cannot be made (no figure in the log, nothing lower left)."""
 
 
+def served_options(plan: dict) -> dict:
+    """The adjustable options as the served plan has them. SGLang's plans leave
+    gpu_memory_utilization to the engine: their fraction is the plan's budget over the GPU."""
+    s, m = plan["settings"], plan.get("memory") or {}
+    fraction = s.get("gpu_memory_utilization")
+    if fraction is None and m.get("per_gpu_budget_bytes"):
+        fraction = round(m["per_gpu_budget_bytes"] / (m["per_gpu_budget_bytes"] + (m.get("headroom_bytes") or 0)), 2)
+    return {"context": s.get("max_model_len"), "concurrency": s.get("max_num_seqs"),
+            "eager": bool(s.get("enforce_eager")), "utilization": fraction, "mtp": bool(s.get("speculative")),
+            "parsers": bool(s.get("reasoning_parser") or s.get("tool_call_parser"))}
+
+
 def _from_log(key: str, current, values: dict) -> Any:
-    if key == "max_model_len":
+    if key == "context":
         if "max_model_len" not in values:
             raise _No
         v = int(values["max_model_len"]) // CONTEXT_STEP * CONTEXT_STEP
         if v < MIN_CONTEXT:
             raise _No
-    elif key == "gpu_memory_utilization":
+    elif key == "utilization":
         if "free_gib" not in values or not values.get("total_gib"):
             raise _No
         v = math.floor(float(values["free_gib"]) / float(values["total_gib"]) * 100) / 100 - 0.01
         v = round(v, 2)
         if v < MIN_UTILIZATION:
             raise _No
-    elif key in values:
-        v = values[key]
+    elif _LOGGED.get(key, key) in values:
+        v = values[_LOGGED.get(key, key)]
         if isinstance(v, int) and v < 1:
             raise _No
     else:
@@ -140,7 +157,7 @@ def _from_log(key: str, current, values: dict) -> Any:
 def _half(key: str, current) -> Any:
     if not isinstance(current, int) or isinstance(current, bool):
         raise _No                    # the engine's default is not known here
-    if key == "max_model_len":
+    if key == "context":
         v = current // 2 // CONTEXT_STEP * CONTEXT_STEP
         if v < MIN_CONTEXT:
             raise _No
@@ -152,15 +169,14 @@ def _half(key: str, current) -> Any:
 
 
 def _delta(key: str, current, delta: float) -> Any:
-    base = current if isinstance(current, (int, float)) and not isinstance(current, bool) else None
-    if key == "gpu_memory_utilization":
-        v = round((base if base is not None else DEFAULT_UTILIZATION) + delta, 2)
+    if not isinstance(current, (int, float)) or isinstance(current, bool):
+        raise _No                    # nothing to lower from (a llama.cpp plan has no fraction)
+    if key == "utilization":
+        v = round(current + delta, 2)
         if not MIN_UTILIZATION <= v <= MAX_UTILIZATION:
             raise _No
         return v
-    if base is None:
-        raise _No
-    return type(base)(base + delta)
+    return type(current)(current + delta)
 
 
 def _apply(key: str, rule, current, values: dict) -> Any:
@@ -170,21 +186,34 @@ def _apply(key: str, rule, current, values: dict) -> Any:
         return _half(key, current)
     if isinstance(rule, (int, float)) and not isinstance(rule, bool):
         return _delta(key, current, rule)
-    return rule                      # true / false / null: set
+    return rule                      # true / false: set
 
 
-def safer_settings(settings: dict, diagnosis: Diagnosis | None) -> dict | None:
-    """The plan's settings adjusted as the diagnosis says, or None when no safer plan exists."""
-    if diagnosis is None:
-        return None
-    for alternative in diagnosis.adjust:
-        new = dict(settings)
+def safer_options(served: dict, diagnosis: Diagnosis | None) -> list[dict]:
+    """The rule's alternatives as changed plan options ({"context": 168960}), in the rule's order;
+    those that cannot be made or change nothing are left out."""
+    out = []
+    for alternative in diagnosis.adjust if diagnosis else ():
         try:
-            for key, rule in alternative.items():
-                new[key] = _apply(key, rule, settings.get(key), diagnosis.values)
+            change = {k: _apply(k, rule, served.get(k), diagnosis.values) for k, rule in alternative.items()}
         except _No:
             continue
-        if new != settings:
+        change = {k: v for k, v in change.items() if v != served.get(k)}
+        if change:
+            out.append(change)
+    return out
+
+
+def safer_plan(plan: dict, diagnosis: Diagnosis | None, replan: Callable[[dict, str], dict | None],
+               tried: list[dict] = ()) -> dict | None:
+    """The planner's plan for the first alternative of the rule that it can make and that was not
+    tried: `replan(options, because)` plans with the served options changed (None: nothing fits)."""
+    served = served_options(plan)
+    for change in safer_options(served, diagnosis):
+        because = (f"the last start failed ({diagnosis.id}: {diagnosis.explain}); "
+                   f"retried with {describe_change(served, change)}")
+        new = replan({**served, **change}, because)
+        if new is not None and new["settings"] not in tried:
             return new
     return None
 
@@ -202,7 +231,7 @@ def describe_change(old: dict, new: dict) -> str:
 @dataclass
 class Attempt:
     number: int
-    settings: dict
+    plan: dict                             # the plan document served in this attempt
     log_path: Path
     ok: bool
     stage: str
@@ -210,12 +239,20 @@ class Attempt:
     message: str
     exit_code: int | None
     diagnosis: Diagnosis | None = None
-    next_settings: dict | None = None      # the safer plan offered (and used, when retrying)
+    next_plan: dict | None = None          # the safer plan offered (and served, when retrying)
     seconds: float = 0.0
 
+    @property
+    def settings(self) -> dict:
+        return self.plan["settings"]
+
+    @property
+    def next_settings(self) -> dict | None:
+        return self.next_plan["settings"] if self.next_plan else None
+
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["log_path"] = str(self.log_path)
+        d = {k: v for k, v in asdict(self).items() if k not in ("plan", "next_plan", "diagnosis")}
+        d.update(log_path=str(self.log_path), settings=self.settings, next_settings=self.next_settings)
         if self.diagnosis:
             d["diagnosis"] = {k: v for k, v in asdict(self.diagnosis).items() if k != "adjust"}
         return d
@@ -235,14 +272,17 @@ class Outcome:
         return self.attempts[-1]
 
 
-def run_with_retries(make_command: Callable[[dict], tuple[list[str], dict]], settings: dict, *, retries: int = 2,
-                     log_dir: str | Path, on_attempt: Callable[[Attempt], None] | None = None,
-                     launch: Callable | None = None, **launch_kwargs) -> Outcome:
-    """Launch with `settings`; on a known failure with a safer plan, relaunch with it (at most `retries` times).
+def run_with_retries(make_command: Callable[[dict], tuple[list[str], dict]], plan: dict, *,
+                     replan: Callable[[dict, str], dict | None], retries: int = 2, log_dir: str | Path,
+                     on_attempt: Callable[[Attempt], None] | None = None, launch: Callable | None = None,
+                     **launch_kwargs) -> Outcome:
+    """Serve `plan`; on a known failure the planner makes the safer plan, which is served next (at
+    most `retries` times).
 
-    `make_command(settings) -> (argv, env)` renders the plan with the adjusted settings. Each
-    attempt logs to `log_dir/attempt-N.log`; `log_dir/attempts.json` sums them up. With
-    retries=0 the safer plan is still worked out and offered in the attempt's `next_settings`.
+    `make_command(plan) -> (argv, env)` renders a plan document; `replan(options, because)` is
+    the planner with the served plan's options changed as the failure rule says (`safer_plan`).
+    Each attempt logs to `log_dir/attempt-N.log`; `log_dir/attempts.json` sums them up. With
+    retries=0 the safer plan is still made and offered in the attempt's `next_plan`.
     """
     if launch is None:
         from qwenplan.launch.runner import launch
@@ -251,39 +291,38 @@ def run_with_retries(make_command: Callable[[dict], tuple[list[str], dict]], set
     retries = max(0, min(retries, MAX_RETRIES))
     tried: list[dict] = []
     outcome = Outcome(engine=None)
-    current = dict(settings)
+    current = plan
     for n in range(1, retries + 2):
         argv, env = make_command(current)
         log_path = log_dir / f"attempt-{n}.log"
         t0 = time.monotonic()
         engine = launch(argv, env, log_path=log_path, **launch_kwargs)
         res = engine.result
-        attempt = Attempt(number=n, settings=current, log_path=log_path, ok=res.ok, stage=res.stage,
+        attempt = Attempt(number=n, plan=current, log_path=log_path, ok=res.ok, stage=res.stage,
                           failure=res.failure, message=res.message, exit_code=res.exit_code,
                           seconds=round(time.monotonic() - t0, 1))
-        tried.append(current)
+        tried.append(current["settings"])
         if not res.ok and res.failure != "interrupted":
             attempt.diagnosis = diagnose(res.lines)
-            nxt = safer_settings(current, attempt.diagnosis)
-            attempt.next_settings = nxt if nxt not in tried else None
+            attempt.next_plan = safer_plan(current, attempt.diagnosis, replan, tried)
         outcome.engine = engine
         outcome.attempts.append(attempt)
-        _note(attempt, current)
+        _note(attempt)
         if on_attempt:
             on_attempt(attempt)
-        if res.ok or attempt.next_settings is None or n > retries:
+        if res.ok or attempt.next_plan is None or n > retries:
             break
-        current = attempt.next_settings
+        current = attempt.next_plan
     (log_dir / "attempts.json").write_text(json.dumps([a.to_dict() for a in outcome.attempts], indent=2, default=str))
     return outcome
 
 
-def _note(attempt: Attempt, settings: dict) -> None:
+def _note(attempt: Attempt) -> None:
     """The outcome at the end of the attempt's own log, so each log file stands alone."""
     lines = [f"# qwenplan: attempt {attempt.number}: {'ready' if attempt.ok else 'failed'}: {attempt.message}"]
     if attempt.diagnosis:
         lines.append(f"# qwenplan: diagnosis {attempt.diagnosis.id}: {attempt.diagnosis.message}")
-    if attempt.next_settings:
-        lines.append(f"# qwenplan: safer plan: {describe_change(settings, attempt.next_settings)}")
+    if attempt.next_plan:
+        lines.append(f"# qwenplan: safer plan: {describe_change(attempt.settings, attempt.next_settings)}")
     with open(attempt.log_path, "a", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 
 from qwenplan.planner.engines import get_engine
@@ -18,15 +17,6 @@ class Check:
     status: str        # ok | warn | fail
     detail: str
     fix: str = ""
-
-
-def port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, port))
-            return True
-        except OSError:
-            return False
 
 
 def run_checks(plan, hw, parse=True) -> list[Check]:
@@ -51,10 +41,14 @@ def run_checks(plan, hw, parse=True) -> list[Check]:
             out.append(Check("shm", "ok", f"/dev/shm {gib(shm)}"))
     # port
     host, port = plan.settings["host"], plan.settings["port"]
-    if port_free(host, port):
-        out.append(Check("port", "ok", f"{host}:{port} is free"))
-    else:
-        out.append(Check("port", "fail", f"{host}:{port} is taken", f"stop what listens there or use --port {port + 1}"))
+    from qwenplan.launch.runner import LaunchError, port_free
+
+    try:
+        taken = None if port_free(host, port) else (f"{host}:{port} is taken",
+                                                    f"stop what listens there or use --port {port + 1}")
+    except LaunchError as e:           # a port below 1024 without root
+        taken = (f"{host}:{port}: {e.problem}", e.fix)
+    out.append(Check("port", "ok", f"{host}:{port} is free") if taken is None else Check("port", "fail", *taken))
     # disk
     need_disk = plan.variant["size_bytes"]
     free = hw.host.disk_free_bytes

@@ -60,15 +60,10 @@ def offline() -> bool:
 
 
 def hub_cache_dir() -> Path:
-    """The hub's cache folder, by the hub's own rules, read from the environment now."""
-    def expand(p: str) -> Path:
-        return Path(os.path.expandvars(os.path.expanduser(p)))
+    """The hub's cache folder, by the hub's own rules (planner/probe.py), read from the environment now."""
+    from qwenplan.planner.probe import hf_cache_dir
 
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(var):
-            return expand(os.environ[var])
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
-    return expand(home) / "hub"
+    return hf_cache_dir(os.environ)
 
 
 def _endpoint() -> str | None:

@@ -20,7 +20,6 @@ import http.client
 import importlib.util
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -34,12 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from qwenplan.launch.safe_text import secret_name as secret_env   # credentials by name, never shown
 from qwenplan.planner.errors import QwenplanError
 
 STAGES = ("spawned", "alive", "health", "models", "smoke", "ready")
 SMOKE_PROMPT = "Say hello"
-# Environment variables whose values are credentials (HF_TOKEN, VLLM_API_KEY, ...), never shown.
-_SECRET_ENV = re.compile(r"(API_KEY|_KEY|^KEY|TOKEN|SECRET|PASSWORD|PASSWD)$|SECRET|PASSWORD", re.IGNORECASE)
 _WAITING = {"spawned": "starting", "alive": "loading (waiting for /health)", "health": "waiting for /v1/models",
             "models": "smoke test"}
 
@@ -68,10 +66,14 @@ def _connect_host(host: str | None) -> str:
     return {None: "127.0.0.1", "": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
-def _port_free(host: str, port: int) -> bool:
+def port_free(host: str, port: int) -> bool:
+    """Whether the engine could bind `port` on `host` now (doctor and launch ask the same).
+
+    With SO_REUSEADDR, as the engines' servers bind (uvicorn for vLLM and SGLang, llama-server's
+    httplib): a port left in TIME_WAIT by the last run is free to them, while on Linux a port
+    another socket listens on still is not. Without it a rerun would be refused for a minute."""
     family = socket.AF_INET6 if ":" in (host or "") else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
-        # As the engine's server does: a port left in TIME_WAIT by the last run is free.
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host or "0.0.0.0", port))
@@ -83,12 +85,12 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def free_port_near(host: str, port: int, tries: int = 50) -> int | None:
-    return next((p for p in range(port + 1, min(port + 1 + tries, 65536)) if _port_free(host, p)), None)
+    return next((p for p in range(port + 1, min(port + 1 + tries, 65536)) if port_free(host, p)), None)
 
 
 def check_port(host: str, port: int) -> None:
     """Raise PortInUseError (with a free port to use instead) when `port` cannot be bound on `host`."""
-    if not _port_free(host, port):
+    if not port_free(host, port):
         other = free_port_near(host, port)
         hint = f"pass --port {other}" if other else "pass another --port"
         raise PortInUseError(f"port {port} on {host or '0.0.0.0'} is already in use",
@@ -191,10 +193,6 @@ class LaunchResult:
 
 
 # --- the child process -----------------------------------------------------------------------
-
-
-def secret_env(name: str) -> bool:
-    return bool(_SECRET_ENV.search(name))
 
 
 def _secrets(api_key: str | None, env: dict[str, str]) -> list[str]:

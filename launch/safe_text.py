@@ -18,3 +18,14 @@ def printable(text: Any) -> str:
         c = ord(m.group())
         return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
     return CONTROL.sub(esc, str(text))
+
+
+# An environment variable whose value is a credential, by its name: ends in KEY (API_KEY,
+# SECRET_KEY, APIKEY), TOKEN or PASSWD, or holds SECRET or PASSWORD anywhere. Logs redact their
+# values (launch/runner.py) and exports never inline them (launch/export.py). Broad on purpose:
+# a name wrongly taken for a secret costs a reference instead of a value; the reverse leaks it.
+SECRET_NAME = re.compile(r"(_KEY|^KEY|APIKEY|TOKEN|PASSWD)$|SECRET|PASSWORD", re.IGNORECASE)
+
+
+def secret_name(name: str) -> bool:
+    return bool(SECRET_NAME.search(name))

@@ -238,8 +238,9 @@ def _workarounds(plan: Plan, o: Option, settings: Settings) -> None:
 
 def _behaviour(plan: Plan, o: Option, settings: Settings, opts: PlanOptions) -> None:
     c, s, v, eng, D = o.cand, o.sized, o.cand.variant, o.choice.engine, plan.decisions.append
-    D(Decision("enforce_eager", c.eager, "eager: " + "; ".join(w["reason"] for w in o.fixes
-                                                                if (w.get("set") or {}).get("enforce_eager"))
+    D(Decision("enforce_eager", c.eager, "eager: " + "; ".join([w["reason"] for w in o.fixes
+                                                                 if (w.get("set") or {}).get("enforce_eager")]
+                                                                + ["pinned by the retry of a failed start"] * opts.eager)
                if c.eager else "CUDA graphs on: faster decoding" + (
                    f" ({gib(s.cudagraph)} for graphs counted inside the budget)" if s.cudagraph_in_budget else
                    f" ({gib(s.cudagraph)} for graphs outside the budget, as this version does not profile them)"),

@@ -9,10 +9,10 @@ import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .capability import parse_cc
 from .errors import InputError
 from .units import MiB
 
@@ -72,11 +72,16 @@ PROFILES_ENV = "QWENPLAN_PROFILES"
 
 
 @lru_cache(maxsize=1)
-def _package_profiles():
-    return resources.files("qwenplan.profiles")
+def _package_profiles() -> Path:
+    """The qwenplan.profiles package's folder. A plain path, not importlib.resources (which
+    imports zipfile, tempfile and more, ~8 ms of every start): the package is always installed
+    as files (a wheel or the editable mapping of pyproject's package-dir)."""
+    import qwenplan.profiles
+
+    return Path(next(iter(qwenplan.profiles.__path__)))
 
 
-def profiles_dir():
+def profiles_dir() -> Path:
     """The folder the knowledge is read from: the qwenplan.profiles package, or a whole copy of it
     named by QWENPLAN_PROFILES (a new engine release is then one flag file and one engines.yaml
     entry in that copy, with no code: tests/test_profiles.py)."""
@@ -91,8 +96,8 @@ def load_profile(name: str) -> Any:
 
 
 @lru_cache(maxsize=None)
-def _load_profile(root, name: str) -> Any:
-    text = root.joinpath(name).read_text(encoding="utf-8")
+def _load_profile(root: Path, name: str) -> Any:
+    text = (root / name).read_text(encoding="utf-8")
     cache, key = _parsed_cache(text)
     data = _read_cache(cache, key)
     if data is None:
@@ -105,7 +110,7 @@ load_profile.cache_clear = _load_profile.cache_clear   # type: ignore[attr-defin
 
 
 def profile_text(name: str) -> str:
-    return profiles_dir().joinpath(name).read_text(encoding="utf-8")
+    return (profiles_dir() / name).read_text(encoding="utf-8")
 
 
 # --- GPUs ---------------------------------------------------------------------------------
@@ -150,8 +155,7 @@ class GPUProfile:
         return self.name.replace("NVIDIA ", "", 1)
 
     def cc_tuple(self) -> tuple[int, int]:
-        major, _, minor = self.compute_capability.partition(".")
-        return int(major), int(minor or 0)
+        return parse_cc(self.compute_capability)
 
 
 def _gpu_from(d: dict) -> GPUProfile:

@@ -98,7 +98,7 @@ class FlagSet:
 def _read(engine: str, version: str) -> FlagSet | None:
     name = f"flags/{engine}-{version}.txt"
     try:
-        text = profiles_dir().joinpath(name).read_text(encoding="utf-8")
+        text = (profiles_dir() / name).read_text(encoding="utf-8")
     except (FileNotFoundError, OSError):
         return None
     flags: dict[str, tuple[str, ...] | None] = {}
@@ -112,7 +112,7 @@ def _read(engine: str, version: str) -> FlagSet | None:
 
 def versions_on_file(engine: str) -> list[str]:
     prefix = f"{engine}-"
-    names = [p.name for p in profiles_dir().joinpath("flags").iterdir()]
+    names = [p.name for p in (profiles_dir() / "flags").iterdir()]
     out = [n[len(prefix):-4] for n in names if n.startswith(prefix) and n.endswith(".txt")]
     return sorted((v for v in out if v.lstrip("b")[:1].isdigit()), key=Version)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .capability import parse_cc
 from .errors import HardwareFileError, InputError
 from .units import MiB, parse_size
 
@@ -71,10 +72,7 @@ class GPU:
         return min(self.memory_free_bytes, self.cuda_total_bytes or self.memory_free_bytes)
 
     def compute_capability_tuple(self) -> tuple[int, int] | None:
-        if not self.compute_capability:
-            return None
-        major, _, minor = self.compute_capability.partition(".")
-        return int(major), int(minor or 0)
+        return parse_cc(self.compute_capability)
 
 
 @dataclass
@@ -275,8 +273,7 @@ def _cached(r: _Reader, value: Any) -> dict[str, int]:
 
 
 def _valid_cc(cc: str) -> bool:
-    major, dot, minor = cc.partition(".")
-    return major.isdigit() and (not dot or minor.isdigit())
+    return parse_cc(cc) is not None
 
 
 def _bandwidth(r: "_Reader", value: Any) -> float | None:

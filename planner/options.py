@@ -32,6 +32,9 @@ class PlanOptions:
     served_name: str | None = None
     nodes: int = 1
     measured: dict | None = None      # calibration key -> latest engine report (launch/calibration.py)
+    # What a retry pins after a failed start (launch/diagnose.py, profiles/failures.yaml):
+    eager: bool = False               # no CUDA graphs
+    utilization: float | None = None  # the memory fraction, in place of the engine's default
 
 
 @lru_cache(maxsize=None)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .capability import parse_cc
 from .hardware import GPU, Hardware, Host
 
 
@@ -187,7 +188,8 @@ def _cuda_order(devices: list[_Device], order: str | None, notes: list[str]) -> 
     if len({(d.name, d.speed) for d in devices}) > 1:
         notes.append("GPUs differ and CUDA_DEVICE_ORDER is not PCI_BUS_ID: CUDA numbers the fastest first, so "
                      "indices may differ from nvidia-smi; set CUDA_DEVICE_ORDER=PCI_BUS_ID to make them agree")
-        return sorted(devices, key=lambda d: (-(float(d.cc or 0)), -d.speed))  # stable: PCI order on ties
+        # fastest first: by compute capability (as a tuple: "8.10" > "8.9"), then clocks; stable: PCI order on ties
+        return sorted(devices, key=lambda d: (tuple(-x for x in parse_cc(d.cc) or (0, 0)), -d.speed))
     return list(devices)
 
 
@@ -249,13 +251,18 @@ def select_gpu_ids(hw: Hardware, ids: list[int]) -> Hardware:
 # --- host ---------------------------------------------------------------------------------
 
 def hf_cache_dir(env: dict[str, str]) -> Path:
-    """Where huggingface_hub keeps downloads (HF_HUB_CACHE, then HF_HOME/hub)."""
-    if env.get("HF_HUB_CACHE"):
-        return Path(env["HF_HUB_CACHE"]).expanduser()
-    if env.get("HF_HOME"):
-        return Path(env["HF_HOME"]).expanduser() / "hub"
-    base = Path(env["XDG_CACHE_HOME"]).expanduser() if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
-    return base / "huggingface" / "hub"
+    """Where huggingface_hub keeps downloads, by its documented precedence (without importing
+    it): HF_HUB_CACHE, then the legacy HUGGINGFACE_HUB_CACHE, then HF_HOME/hub, HF_HOME defaulting
+    to $XDG_CACHE_HOME/huggingface, then ~/.cache/huggingface; ~ and $VARS expanded, as the hub
+    does (huggingface_hub/constants.py; https://huggingface.co/docs/huggingface_hub/package_reference/environment_variables)."""
+    def expand(p: str) -> Path:
+        return Path(os.path.expandvars(os.path.expanduser(p)))
+
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if env.get(var):
+            return expand(env[var])
+    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return expand(home) / "hub"
 
 
 def _existing(path: Path) -> Path:
@@ -375,23 +382,70 @@ def _shared_pool(g: GPU, host: Host, notes: list[str]) -> GPU:
 OFFLOAD_FORK_URL_MARK = "vllm-expert-offload"
 
 
+def _dist_info(names: tuple[str, ...]) -> dict[str, tuple[Path, str] | None]:
+    """{name: (its .dist-info folder, version)} of the first installation on sys.path, as
+    importlib.metadata finds it, read off the folder's name ({name}-{version}.dist-info, names
+    normalised: packaging.python.org/en/latest/specifications/recording-installed-packages/)
+    without importing importlib.metadata (~15 ms of every probe). None where not installed;
+    KeyError where only an .egg-info (or an odd name) says so: the caller asks importlib.metadata."""
+    import sys
+
+    found: dict[str, tuple[Path, str] | None] = {}
+    for entry in sys.path:
+        try:
+            listing = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for item in listing:
+            stem, dot, kind = item.rpartition(".")
+            project, _, version = stem.partition("-")
+            project = project.lower().replace("-", "_").replace(".", "_")
+            if project in names and project not in found and kind in ("dist-info", "egg-info"):
+                if kind == "egg-info" or not version:
+                    raise KeyError(project)
+                found[project] = (Path(entry or ".") / item, version)
+    return {n: found.get(n) for n in names}
+
+
 def installed_engines() -> dict[str, str | None]:
     """Engine versions from package metadata, never by importing them (an import takes 10+ s).
     The expert-offload fork installs as `vllm` from git; its direct_url.json gives it away."""
+    found: dict[str, str | None] = {"vllm": None, "sglang": None}
+    try:
+        dists = {n: (v[1], _read_small(v[0] / "direct_url.json")) if v else None
+                 for n, v in _dist_info(("vllm", "sglang")).items()}
+    except KeyError:
+        dists = _metadata_dists(("vllm", "sglang"))
+    for name, dist in dists.items():
+        if dist is None:
+            continue
+        version, origin = dist
+        if name == "vllm" and OFFLOAD_FORK_URL_MARK in origin:
+            found["vllm-offload"] = version
+        else:
+            found[name] = version
+    return found
+
+
+def _read_small(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")[:1 << 16]
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _metadata_dists(names) -> dict[str, tuple[str, str] | None]:
     from importlib import metadata
 
-    found: dict[str, str | None] = {"vllm": None, "sglang": None}
-    for name in ("vllm", "sglang"):
+    out: dict[str, tuple[str, str] | None] = {}
+    for name in names:
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
+            out[name] = None
             continue
-        origin = dist.read_text("direct_url.json") or ""
-        if name == "vllm" and OFFLOAD_FORK_URL_MARK in origin:
-            found["vllm-offload"] = dist.version
-        else:
-            found[name] = dist.version
-    return found
+        out[name] = (dist.version, dist.read_text("direct_url.json") or "")
+    return out
 
 
 # --- the document -------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import objective
 from .budget import SharedPool, shared_pool
+from .capability import parse_cc
 from .catalog import find_gpu, load_profile
 from .engines import Engine, check_version, get_engine, workarounds
 from .errors import InputError
@@ -203,13 +204,13 @@ def support_problem(v: Variant, choice: EngineChoice, view: GpuView) -> str | No
         return (f"needs {eng.name} {spec['min']} or newer (planning for {choice.version}): "
                 f"{eng.install_command(spec['min'])}")
     need = v.min_compute_capability()
-    if need and view.cc < tuple(int(x) for x in need.split(".")):
+    if need and view.cc < parse_cc(need):
         return f"needs compute capability {need}+ (these GPUs: {view.cc_text})"
     need = spec.get("min_compute_capability")   # this engine's kernels for this format
-    if need and view.cc < tuple(int(x) for x in need.split(".")):
+    if need and view.cc < parse_cc(need):
         return f"{eng.name} needs compute capability {need}+ for it (these GPUs: {view.cc_text}; {spec['cc_source']})"
     eng_cc = eng.min_compute_capability(choice.version)
-    if eng_cc and view.cc < tuple(int(x) for x in eng_cc[0].split(".")):
+    if eng_cc and view.cc < parse_cc(eng_cc[0]):
         return f"{eng.name} {choice.version} needs compute capability {eng_cc[0]}+ (these GPUs: {view.cc_text})"
     for bad in eng.raw.get("fails_on") or ():
         if cc_matches(view.cc, bad["compute_capability"]):
@@ -232,12 +233,15 @@ def _layouts(v: Variant, view: GpuView, opts: PlanOptions, engine: str) -> list[
     return out
 
 
-def _gmu(choice: EngineChoice, view: GpuView, family: str) -> Choice:
+def _gmu(choice: EngineChoice, view: GpuView, family: str, pinned: float | None = None) -> Choice:
     """The memory fraction: the engine's default, lowered when other processes hold memory."""
     eng = choice.engine
+    source = "profiles/flags/vllm-*.txt (vllm serve --help: --gpu-memory-utilization)"
+    if pinned is not None:
+        return Choice(pinned, f"{pinned}: pinned by the retry of a failed start",
+                      view.pool.source if view.pool else source)
     if view.pool:
         return Choice(view.pool.fraction, view.pool.reason, view.pool.source)
-    source = "profiles/flags/vllm-*.txt (vllm serve --help: --gpu-memory-utilization)"
     default, default_source = eng.default("gpu_memory_utilization", choice.version)
     if default is None:
         default, default_source = 0.90, "SGLang's own fraction is derived from the sizing below"
@@ -281,7 +285,7 @@ def _mtp_options(v: Variant, choice: EngineChoice, opts: PlanOptions, goal: dict
 
 def _basis(v: Variant, choice: EngineChoice, view: GpuView, opts: PlanOptions, goal: dict) -> Basis:
     eng = choice.engine
-    gmu = _gmu(choice, view, "sglang" if eng.id == "sglang" else "vllm")
+    gmu = _gmu(choice, view, "sglang" if eng.id == "sglang" else "vllm", opts.utilization)
     profiled = eng.default("cudagraph_memory_profiled", choice.version)[0]
     return Basis(gmu=gmu, budget=int(gmu.value * view.cuda_total), profiled=True if profiled is None else profiled,
                  mtp=_mtp_options(v, choice, opts, goal), batched=_batched_options(view))
@@ -301,7 +305,7 @@ def candidates(v: Variant, choice: EngineChoice, view: GpuView, opts: PlanOption
         for kv in _kv_options(opts, view, choice):
             for spec in basis.mtp.value:
                 for batched in basis.batched:
-                    cand = Candidate(v, eng.id, choice.version, tp, pp, dp, kv, spec, False, ec, batched,
+                    cand = Candidate(v, eng.id, choice.version, tp, pp, dp, kv, spec, opts.eager, ec, batched,
                                      opts.vision, cap)
                     fixes = _workarounds_for(cand, v, view)
                     if any((w.get("set") or {}).get("enforce_eager") for w in fixes):

@@ -12,7 +12,9 @@ become healthy), and the failures a launcher must recognise: kv-too-small, oom-p
 no-cache-blocks, mamba-blocks, mtp-keyerror, marlin, unsupported-arch, crash (exits without a
 known signature), hang (never healthy). And fit: honours the memory the argv asks for — fails
 as kv-too-small when --max-model-len exceeds FAKE_ENGINE_FIT_LEN (169184), as mamba-blocks when
---max-num-seqs exceeds FAKE_ENGINE_MAMBA_BLOCKS (135), serves otherwise — for retry loops.
+--max-num-seqs exceeds FAKE_ENGINE_MAMBA_BLOCKS (135), runs out of memory after loading the
+weights when --gpu-memory-utilization exceeds FAKE_ENGINE_FIT_UTILIZATION (1), serves otherwise —
+for retry loops.
 FAKE_ENGINE_WEIGHTS_GIB sets the weights it reports loading (default 18.09).
 As vLLM 0.26 does, it stops at start when --skip-tokenizer-init comes with a reasoning or
 tool-call parser. FAKE_ENGINE_TOKEN_DELAY spaces the streamed tokens (seconds). FAKE_ENGINE_IGNORE_SIGTERM=1 makes the API server ignore SIGTERM and SIGINT, and its EngineCore
@@ -418,7 +420,10 @@ def main() -> None:
         fit_len = int(os.environ.get("FAKE_ENGINE_FIT_LEN", "169184"))
         blocks = int(os.environ.get("FAKE_ENGINE_MAMBA_BLOCKS", "135"))
         seqs = int(opts.get("--max-num-seqs") or opts.get("--max-running-requests") or 256)
-        if Handler.max_len > fit_len:
+        fraction = float(opts.get("--gpu-memory-utilization") or 0.9)
+        if fraction > float(os.environ.get("FAKE_ENGINE_FIT_UTILIZATION", "1")):
+            failure = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB."
+        elif Handler.max_len > fit_len:
             failure = FAILURES["kv-too-small"].replace("169184", str(fit_len))
         elif seqs > blocks:
             failure = f"ValueError: max_num_seqs ({seqs}) exceeds available Mamba cache blocks ({blocks})."

@@ -492,8 +492,12 @@ def test_a_retry_never_repeats_a_plan_already_tried(tmp_path):
 
     settings = {"max_model_len": 32768, "max_num_seqs": 1, "gpu_memory_utilization": 0.85, "enforce_eager": False,
                 "speculative": None, "kv_cache_dtype": "auto", "expert_cache_size": None}
-    out = dg.run_with_retries(lambda s: (["sglang", "--mem-fraction-static", str(s["gpu_memory_utilization"])], {}),
-                              settings, retries=3, log_dir=tmp_path, launch=launch_stub)
+    def replan(options, because):   # a stand-in for the planner: the fraction asked for
+        return {"settings": {**settings, "gpu_memory_utilization": options["utilization"]}}
+
+    out = dg.run_with_retries(lambda p: (["sglang", "--mem-fraction-static", str(p["settings"]["gpu_memory_utilization"])],
+                                         {}), {"settings": settings}, replan=replan, retries=3, log_dir=tmp_path,
+                              launch=launch_stub)
     assert [a.settings["gpu_memory_utilization"] for a in out.attempts] == [0.85, 0.88]
     assert out.last.diagnosis.id == "oom" and out.last.next_settings is None
 

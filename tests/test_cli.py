@@ -76,6 +76,28 @@ def test_planning_imports_no_engine_torch_or_hub():
     assert r.stderr.strip().endswith("IMPORTED:")
 
 
+# What planning never needs (issue 18, start-up time): the views (rich), package metadata and
+# resources machinery, the launcher's processes and sockets. Counted by module, not by the clock,
+# so a busy box cannot make it pass or fail.
+NOT_FOR_PLANNING = ("rich", "importlib.metadata", "importlib.resources", "zipfile", "tempfile", "subprocess",
+                    "http.client", "socket", "shutil", "qwenplan.launch.runner", "qwenplan.launch.export")
+
+
+@pytest.mark.parametrize("args,also", [
+    (["plan", "--json", "--gpu", "H100", "--gpus", "16"], ("psutil", "pynvml")),   # no probe for a named GPU
+    (["plan", "--json", "--hardware", str(ROOT / "examples/hardware/no-gpu.json")], ()),
+    (["plan", "--json"], None),           # the probe: psutil and pynvml bring subprocess, socket, tempfile
+])
+def test_planning_imports_only_what_it_uses(args, also):
+    unused = NOT_FOR_PLANNING + also if also is not None else tuple(
+        m for m in NOT_FOR_PLANNING if m not in ("subprocess", "socket", "tempfile", "shutil"))
+    code = ("import sys, io, contextlib; from qwenplan.launch.cli import main\n"
+            f"with contextlib.redirect_stdout(io.StringIO()): main({args!r})\n"
+            f"print(','.join(m for m in {unused!r} if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "", r.stdout + r.stderr
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -113,14 +135,18 @@ def test_auto_refuses_a_taken_port_before_anything(fake_vllm):
     assert r.returncode != 0 and "already in use" in r.stderr
 
 
-def test_verify_serves_dummy_weights_reports_and_stores(fake_vllm, tmp_path):
-    # the config.json of the variant, as huggingface_hub would have cached it
-    snap = tmp_path / "hub" / "models--Qwen--Qwen3.6-35B-A3B-FP8" / "snapshots" / ("a" * 40)
+def cached_config(tmp_path, repo="Qwen/Qwen3.6-35B-A3B-FP8"):
+    """The config.json of the variant, as huggingface_hub would have cached it."""
+    folder = tmp_path / "hub" / ("models--" + repo.replace("/", "--"))
+    snap = folder / "snapshots" / ("a" * 40)
     snap.mkdir(parents=True)
     (snap / "config.json").write_text((ROOT / "profiles/configs/qwen3.6-35b-a3b.json").read_text())
-    refs = tmp_path / "hub" / "models--Qwen--Qwen3.6-35B-A3B-FP8" / "refs"
-    refs.mkdir()
-    (refs / "main").write_text("a" * 40)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("a" * 40)
+
+
+def test_verify_serves_dummy_weights_reports_and_stores(fake_vllm, tmp_path):
+    cached_config(tmp_path)
     port = free_port()
     r = run(["verify", "--gpu", "H100", "--engine", "vllm", "--engine-version", "0.32.0", "--port", str(port)],
             env={**fake_vllm, "FAKE_ENGINE_MODE": "ok", "FAKE_ENGINE_WEIGHTS_GIB": "33.43"})
@@ -132,6 +158,45 @@ def test_verify_serves_dummy_weights_reports_and_stores(fake_vllm, tmp_path):
     explained = run(["explain", "--gpu", "H100", "--engine", "vllm", "--engine-version", "0.32.0"], env=fake_vllm)
     assert "measured on this box on" in explained.stdout
     assert run(["calibration", "clear"], env=fake_vllm).returncode == 0
+
+
+def test_a_retry_serves_the_planners_safer_plan_and_stores_it_with_its_own_prediction(fake_vllm, tmp_path):
+    """The engine runs out of memory at the planned fraction (0.92) and serves at 0.89: the retry
+    is a new plan (lower fraction, half the sequences, re-sized), and the stored report sits
+    beside that plan's prediction and settings, not the first plan's."""
+    from qwenplan.launch.cli import load_hardware
+    from qwenplan.launch.diagnose import served_options
+    from qwenplan.launch.orchestrate import Replanner, build_plan
+
+    cached_config(tmp_path)
+    port = free_port()
+    args = ["--gpu", "H100", "--engine", "vllm", "--engine-version", "0.32.0", "--port", str(port)]
+    r = run(["verify", "--retry", "1", *args], env={**fake_vllm, "FAKE_ENGINE_MODE": "fit",
+                                                    "FAKE_ENGINE_FIT_LEN": "10000000", "FAKE_ENGINE_FIT_UTILIZATION": "0.9"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "attempt 1:" in r.stderr and "served the safer plan: " in r.stdout
+    assert "gpu_memory_utilization 0.92 -> 0.89" in r.stdout and "max_num_seqs 128 -> 64" in r.stdout
+
+    # the same plans, made here: the first one, and the planner's safer one
+    kw = dict(engine="vllm", engine_version="0.32.0", port=port)
+    hw = load_hardware(gpu_names=("H100",))
+    first = build_plan(hw, kw)
+    safer = Replanner(hw, kw, first)({**served_options(first.to_dict()), "utilization": 0.89, "concurrency": 64},
+                                     "the last start failed")
+    assert any(d["key"] == "retry" for d in safer["decisions"]) and safer["performance"]
+    (path, record), = _records(fake_vllm)
+    obs = record["observations"][-1]
+    assert obs["settings"]["gpu_memory_utilization"] == 0.89 and obs["settings"]["max_num_seqs"] == 64
+    assert obs["predicted"] == {k: safer["memory"].get(k) for k in obs["predicted"]}
+    assert obs["predicted"]["kv_cache_bytes"] != first.memory["kv_cache_bytes"]    # not the first plan's
+
+
+def _records(env):
+    """The calibration store's records, read as another process with `env` would."""
+    code = "import json; from qwenplan.launch import calibration as c; print(json.dumps([[str(p), d] for p, d in c.records()[0]]))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, **env}, timeout=60)
+    return json.loads(r.stdout)
 
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIAQWENPLANTEST0001", "DATABASE_URL": "postgres://u:pa55word@db.internal/x",

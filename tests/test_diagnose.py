@@ -15,6 +15,7 @@ from tests.test_runner import engine_pids, fake_argv, fake_env, gone, handed_por
 SETTINGS = {"max_model_len": 262144, "max_num_seqs": 256, "kv_cache_dtype": "fp8", "gpu_memory_utilization": 0.9,
             "expert_cache_size": None, "speculative": {"method": "mtp", "num_speculative_tokens": 2},
             "enforce_eager": False, "reasoning_parser": "qwen3", "tool_call_parser": "qwen3_coder"}
+PLAN = {"settings": SETTINGS, "memory": {}}
 GPU_TRUTH = Path(__file__).parent / "fixtures" / "gpu-truth" / "h100-vllm0.26-bf16-262k-naive-fails.log"
 
 
@@ -27,14 +28,19 @@ def run_fake(tmp_path, mode, *extra, ready_timeout_s=10.0, env=None):
     return eng.result
 
 
-# mode -> (diagnosis id, the settings that change in the safer plan, or None when there is none)
+def safer(settings: dict, d) -> dict | None:
+    """The first alternative of the rule as the changed plan options, or None."""
+    return next(iter(dg.safer_options(dg.served_options({"settings": settings}), d)), None)
+
+
+# mode -> (diagnosis id, the plan options that change in the safer plan, or None when there is none)
 FAKE_FAILURES = {
-    "kv-too-small": ("kv-too-small", {"max_model_len": 168960}),
-    "oom-profile": ("oom", {"gpu_memory_utilization": 0.87, "max_num_seqs": 128}),
-    "no-cache-blocks": ("no-cache-blocks", {"enforce_eager": True}),
-    "mamba-blocks": ("mamba-blocks", {"max_num_seqs": 135}),
-    "mtp-keyerror": ("mtp-keyerror", {"speculative": None}),
-    "marlin": ("marlin", {"enforce_eager": True}),
+    "kv-too-small": ("kv-too-small", {"context": 168960}),
+    "oom-profile": ("oom", {"utilization": 0.87, "concurrency": 128}),
+    "no-cache-blocks": ("no-cache-blocks", {"eager": True}),
+    "mamba-blocks": ("mamba-blocks", {"concurrency": 135}),
+    "mtp-keyerror": ("mtp-keyerror", {"mtp": False}),
+    "marlin": ("marlin", {"eager": True}),
     "unsupported-arch": ("unsupported-arch", None),
 }
 
@@ -48,18 +54,14 @@ def test_each_failure_of_the_fake_engine_is_diagnosed(tmp_path, mode):
     d = dg.diagnose(res.lines)
     assert d is not None and d.id == want_id, (d, res.tail())
     assert "\n" not in d.message and d.fix in d.message and d.line
-    safer = dg.safer_settings(SETTINGS, d)
-    if want_change is None:
-        assert safer is None
-    else:
-        assert safer == {**SETTINGS, **want_change}
+    assert safer(SETTINGS, d) == want_change
 
 
 def test_unrecognized_argument_names_the_flag_and_has_no_safer_plan(tmp_path):
     res = run_fake(tmp_path, "ok", "--mamba-scheduler-strategy", "no_buffer")
     d = dg.diagnose(res.lines)
     assert d.id == "unrecognized-args" and d.values["args"] == "--mamba-scheduler-strategy"
-    assert dg.safer_settings(SETTINGS, d) is None
+    assert safer(SETTINGS, d) is None
 
 
 def test_crash_and_hang_have_no_signature(tmp_path):
@@ -73,7 +75,7 @@ def test_the_real_vllm_log_gives_the_length_that_fits():
     lines = GPU_TRUTH.read_text().splitlines()
     d = dg.diagnose(lines)
     assert d.id == "kv-too-small" and d.values["max_model_len"] == 169184 and "169184" in d.explain
-    assert dg.safer_settings(SETTINGS, d)["max_model_len"] == 165 * 1024
+    assert safer(SETTINGS, d) == {"context": 165 * 1024}
 
 
 # One line per signature, as the engines print them (sources in profiles/failures.yaml).
@@ -84,34 +86,34 @@ EXAMPLES = {
                          "current PyTorch installation.", None),
     "hf-access": ("huggingface_hub.errors.GatedRepoError: 403 Client Error. Cannot access gated repo for url", None),
     "parsers-without-tokenizer": ("(APIServer pid=1234) AttributeError: 'NoneType' object has no attribute 'get_vocab'",
-                                  {"reasoning_parser": None, "tool_call_parser": None}),
+                                  {"parsers": False}),
     "sglang-override-replaces-text-config": ("AttributeError: 'PreTrainedConfig' object has no attribute "
                                              "'max_position_embeddings'", None),
     "port-in-use": ("ERROR: [Errno 98] error while attempting to bind on address ('0.0.0.0', 8000): address already "
                     "in use", None),
     "gpu-busy": ("ValueError: Free memory on device cuda:0 (12.18/23.56 GiB) on startup is less than desired GPU "
                  "memory utilization (0.92, 21.67 GiB). Decrease GPU memory utilization.",
-                 {"gpu_memory_utilization": 0.5}),
+                 {"utilization": 0.5}),
     "kv-too-small": ("ValueError: ... Based on the available memory, the estimated maximum model length is 5000.",
-                     {"max_model_len": 4096}),
+                     {"context": 4096}),
     "kv-too-small-tokens": ("ValueError: The model's max seq len (131072) is larger than the maximum number of tokens "
                             "that can be stored in KV cache (24480). Try increasing `gpu_memory_utilization`",
-                            {"max_model_len": 23552}),
+                            {"context": 23552}),
     "mamba-blocks": ("ValueError: max_num_seqs (256) exceeds available Mamba cache blocks (161). Each decode "
-                     "sequence requires one Mamba cache block", {"max_num_seqs": 161}),
-    "mamba-cudagraph": ("ERROR [core.py:1079]     assert num_cache_lines >= batch", {"enforce_eager": True}),
+                     "sequence requires one Mamba cache block", {"concurrency": 161}),
+    "mamba-cudagraph": ("ERROR [core.py:1079]     assert num_cache_lines >= batch", {"eager": True}),
     "no-cache-blocks": ("ValueError: No available memory for the cache blocks. Try increasing "
-                        "`gpu_memory_utilization`", {"enforce_eager": True}),
+                        "`gpu_memory_utilization`", {"eager": True}),
     "sglang-no-memory": ("RuntimeError: Not enough memory. Please try to increase --mem-fraction-static.",
-                         {"gpu_memory_utilization": 0.93}),
-    "mtp-keyerror": ("KeyError: 'layers.0.mlp.experts.w2_weight'", {"speculative": None}),
+                         {"utilization": 0.93}),
+    "mtp-keyerror": ("KeyError: 'layers.0.mlp.experts.w2_weight'", {"mtp": False}),
     "marlin": ("RuntimeError: CUDA error: an illegal memory access was encountered (marlin_moe_wna16)",
-               {"enforce_eager": True}),
+               {"eager": True}),
     "oom-cudagraph": ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB.",
-                      {"enforce_eager": True}),
+                      {"eager": True}),
     "oom-weights": ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.00 GiB.", None),
     "oom": ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.",
-            {"gpu_memory_utilization": 0.87, "max_num_seqs": 128}),
+            {"utilization": 0.87, "concurrency": 128}),
 }
 CONTEXT = {  # earlier lines that tell where in the start-up it failed
     "oom-cudagraph": ["INFO Model loading took 18.09 GiB memory", "Capturing CUDA graphs (mixed prefill-decode): 40%"],
@@ -135,7 +137,7 @@ def test_every_signature_has_an_example_and_a_source():
         head = s.source.split(" ", 1)[0].rstrip(";,")
         assert re.match(r"https://", s.source) or list(Path(__file__).resolve().parent.parent.glob(head)), s.id
         for alt in s.adjust:
-            assert set(alt) <= set(SETTINGS), s.id
+            assert set(alt) <= set(dg.OPTIONS), s.id
 
 
 @pytest.mark.parametrize("sig_id", sorted(EXAMPLES))
@@ -143,26 +145,39 @@ def test_signature_examples(sig_id):
     line, change = EXAMPLES[sig_id]
     d = dg.diagnose(CONTEXT.get(sig_id, []) + ["INFO something unrelated", line])
     assert d is not None and d.id == sig_id, d
-    safer = dg.safer_settings(SETTINGS, d)
-    assert safer == (None if change is None else {**SETTINGS, **change})
+    assert safer(SETTINGS, d) == change
 
 
 def test_safer_plan_rules():
     d = dg.diagnose(["the estimated maximum model length is 3000."])
-    assert dg.safer_settings(SETTINGS, d) is None                         # below 4096: not worth serving
+    assert safer(SETTINGS, d) is None                                     # below 4096: not worth serving
     d = dg.diagnose(["the estimated maximum model length is 300000."])
-    assert dg.safer_settings(SETTINGS, d) is None                         # not smaller than what failed
+    assert safer(SETTINGS, d) is None                                     # not smaller than what failed
     d = dg.diagnose(["assert num_cache_lines >= batch"])
     eager = {**SETTINGS, "enforce_eager": True}
-    assert dg.safer_settings(eager, d) == {**eager, "max_num_seqs": 128}  # eager already: the next alternative
+    assert safer(eager, d) == {"concurrency": 128}                        # eager already: the next alternative
     d = dg.diagnose(["Model loading took 1 GiB", "torch.OutOfMemoryError: CUDA out of memory."])
-    assert dg.safer_settings({**SETTINGS, "max_num_seqs": None, "gpu_memory_utilization": None}, d) == \
-        {**SETTINGS, "max_num_seqs": None, "gpu_memory_utilization": 0.87}
+    # no fraction known and no sequence count: nothing to lower (no private default of the engine's)
+    assert safer({**SETTINGS, "max_num_seqs": None, "gpu_memory_utilization": None}, d) is None
+    # SGLang's plans leave the fraction to the engine: the plan's own budget over the GPU is lowered
+    sglang = {"settings": {**SETTINGS, "max_num_seqs": None, "gpu_memory_utilization": None},
+              "memory": {"per_gpu_budget_bytes": 72_000, "headroom_bytes": 8_000}}
+    assert dg.safer_options(dg.served_options(sglang), d) == [{"utilization": 0.87}]
     d = dg.diagnose(["KeyError: 'experts.w13_weight'"])
-    assert dg.safer_settings({**SETTINGS, "speculative": None}, d) is None
+    assert safer({**SETTINGS, "speculative": None}, d) is None
     assert dg.describe_change(SETTINGS, {**SETTINGS, "max_model_len": 168960, "speculative": None}) == \
         "max_model_len 262144 -> 168960, speculative {\"method\": \"mtp\", \"num_speculative_tokens\": 2} -> off"
     assert dg.diagnose(["\x1b[31mKeyError: 'experts.w2_weight'\x1b[0m"]).id == "mtp-keyerror"
+
+
+def stand_in_planner(plan: dict = PLAN):
+    """A stand-in for the planner (launch/orchestrate.Replanner): the options as settings."""
+    def replan(options: dict, because: str) -> dict:
+        s = plan["settings"]
+        return {"settings": {**s, "max_model_len": options["context"], "max_num_seqs": options["concurrency"],
+                             "enforce_eager": options["eager"], "gpu_memory_utilization": options["utilization"],
+                             "speculative": s["speculative"] if options["mtp"] else None}, "because": because}
+    return replan
 
 
 def render(settings: dict, port: int) -> list[str]:
@@ -179,8 +194,8 @@ def render(settings: dict, port: int) -> list[str]:
 def retry(tmp_path, retries, mode="fit", **kw):
     port, handoff = handed_port()
     seen = []
-    out = dg.run_with_retries(lambda s: (render(s, port), {**fake_env(tmp_path, mode), **handoff}), SETTINGS,
-                              retries=retries, check=False,
+    out = dg.run_with_retries(lambda p: (render(p["settings"], port), {**fake_env(tmp_path, mode), **handoff}),
+                              PLAN, replan=stand_in_planner(), retries=retries, check=False,
                               log_dir=tmp_path / "logs", on_attempt=seen.append, host="127.0.0.1", port=port,
                               served_name="model", ready_timeout_s=10, grace_s=2, forward_signals=False,
                               on_line=lambda line: None, on_status=lambda s: None, **kw)
@@ -239,6 +254,7 @@ def test_relaunches_are_capped_whatever_retries_asks(tmp_path):
                                   timings={}, smoke=None, log_path=Path(log_path), lines=lines)
         return SimpleNamespace(result=res)
 
-    out = dg.run_with_retries(lambda s: (["engine"], {}), SETTINGS, retries=99, log_dir=tmp_path, launch=launch)
+    out = dg.run_with_retries(lambda p: (["engine"], {}), PLAN, replan=stand_in_planner(), retries=99,
+                              log_dir=tmp_path, launch=launch)
     assert len(out.attempts) == dg.MAX_RETRIES + 1
     assert [a.settings["max_num_seqs"] for a in out.attempts] == [256, 128, 64, 32, 16]

@@ -261,7 +261,7 @@ def test_data_parallel_figures_say_per_rank():
 
 def test_the_summary_shows_predicted_speed_when_the_plan_has_it(monkeypatch):
     from qwenplan.launch import views
-    from qwenplan.launch.cli import build_plan
+    from qwenplan.launch.orchestrate import build_plan
     from qwenplan.planner.whatif import what_if
 
     p = build_plan(what_if(["H100"], None, None, None), {})

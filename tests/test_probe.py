@@ -147,3 +147,23 @@ def test_probe_json_round_trips_through_hardware_file(replay, tmp_path):
         again = hardware.load(path).to_dict()
         again["origin"] = doc["origin"]
         assert again == doc
+
+
+def test_installed_engines_are_read_as_importlib_metadata_reads_them(tmp_path, monkeypatch):
+    """The probe reads engine versions off the .dist-info folders (no importlib.metadata import):
+    the same answers, the offload fork told apart by its direct_url.json."""
+    import sys
+
+    from qwenplan.planner import probe
+
+    site = tmp_path / "site"
+    for name, version, origin in (("vllm", "0.32.0", '{"url": "https://github.com/x/vllm-expert-offload"}'),
+                                  ("sglang", "0.5.23", None)):
+        d = site / f"{name}-{version}.dist-info"
+        d.mkdir(parents=True)
+        (d / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        if origin:
+            (d / "direct_url.json").write_text(origin)
+    monkeypatch.setattr(sys, "path", [str(site)] + [p for p in sys.path if "site-packages" not in p])
+    assert probe.installed_engines() == {"vllm": None, "vllm-offload": "0.32.0", "sglang": "0.5.23"}
+    assert probe._metadata_dists(("vllm", "sglang")) == {"vllm": ("0.32.0", (site / "vllm-0.32.0.dist-info" / "direct_url.json").read_text()), "sglang": ("0.5.23", "")}

@@ -288,3 +288,68 @@ def test_secret_environment_values_are_scrubbed_from_the_log(tmp_path, monkeypat
     assert API_KEY not in log and "hf_abcdefghijklmnop" not in log
     assert runner.secret_env("HF_TOKEN") and runner.secret_env("OPENAI_API_KEY")
     assert not runner.secret_env("TOKENIZERS_PARALLELISM") and not runner.secret_env("KEYBOARD_LAYOUT")
+
+
+# --- one rule each, shared by every user (issue 18) -----------------------------------------------
+
+SECRET_NAMES = ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLM_API_KEY", "OPENAI_APIKEY", "AWS_SECRET_ACCESS_KEY",
+                "DB_PASSWORD", "PGPASSWD", "MY_SECRET_FILE", "KEY", "GITHUB_PAT_TOKEN"]
+PLAIN_NAMES = ["TOKENIZERS_PARALLELISM", "VLLM_MAX_TOKENS", "CUDA_VISIBLE_DEVICES", "HF_HOME", "KEYBOARD",
+               "VLLM_USE_V1", "NCCL_P2P_DISABLE"]
+
+
+def test_logs_and_exports_take_the_same_names_for_secrets():
+    """A name the log redacts is a name the export never inlines, and the reverse."""
+    from qwenplan.launch import export
+
+    for name in SECRET_NAMES:
+        assert runner.secret_env(name) and export._SECRET_LIKE.search(name), name
+    for name in PLAIN_NAMES:
+        assert not runner.secret_env(name) and not export._SECRET_LIKE.search(name), name
+
+
+def test_doctor_and_launch_agree_on_a_port_in_time_wait_and_one_listened_on():
+    """The port a run just left (TIME_WAIT) is free to both, as to the engine; a listened port to neither."""
+    import socket
+
+    from qwenplan.launch import doctor
+
+    with socket.socket() as srv:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        port = srv.getsockname()[1]
+        assert not runner.port_free("127.0.0.1", port)
+        cli = socket.create_connection(("127.0.0.1", port))
+        conn, _ = srv.accept()
+    conn.close()                       # the server side closes first: its end waits in TIME_WAIT
+    cli.close()
+    assert runner.port_free("127.0.0.1", port)
+    assert "port_free" not in vars(doctor)   # doctor asks the runner's check, not one of its own
+
+
+def test_the_hf_cache_is_found_by_one_rule_for_probe_and_fetch(monkeypatch, tmp_path):
+    from qwenplan.launch import fetch
+    from qwenplan.planner.probe import hf_cache_dir
+
+    cases = [({}, tmp_path / ".cache" / "huggingface" / "hub"),
+             ({"XDG_CACHE_HOME": str(tmp_path / "x")}, tmp_path / "x" / "huggingface" / "hub"),
+             ({"HF_HOME": "~/h", "XDG_CACHE_HOME": str(tmp_path / "x")}, tmp_path / "h" / "hub"),
+             ({"HUGGINGFACE_HUB_CACHE": str(tmp_path / "legacy"), "HF_HOME": "~/h"}, tmp_path / "legacy"),
+             ({"HF_HUB_CACHE": "$HOME/c", "HUGGINGFACE_HUB_CACHE": str(tmp_path / "legacy")}, tmp_path / "c")]
+    for env, want in cases:
+        for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("HOME", str(tmp_path))
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        assert fetch.hub_cache_dir() == want == hf_cache_dir({**env, "HOME": str(tmp_path)}), env
+
+
+def test_compute_capability_is_compared_as_numbers_everywhere():
+    from qwenplan.planner.capability import parse_cc
+    from qwenplan.planner.hardware import GPU
+
+    assert parse_cc("8.9") == (8, 9) and parse_cc("12.0") == (12, 0) and parse_cc("9") == (9, 0)
+    assert parse_cc("8.10") > parse_cc("8.9") and parse_cc("sm_90") is None and parse_cc("") is None
+    assert GPU(index=0, name="x", memory_total_bytes=1, memory_free_bytes=None, compute_capability="10.3").compute_capability_tuple() == (10, 3)

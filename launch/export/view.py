@@ -10,6 +10,7 @@ from typing import Any, Union
 from qwenplan.launch.export.checks import MAX_ARG_CHARS, no_space, user_str
 from qwenplan.launch.render import CONTAINER_HOST, DP_START_VAR, Target, target_launch
 from qwenplan.launch.safe_text import printable
+from qwenplan.launch.safe_text import SECRET_NAME as _SECRET_LIKE   # the one secret-name pattern
 from qwenplan.planner.engines import get_engine
 from qwenplan.planner.errors import InfeasibleError, InputError
 from qwenplan.planner.flags import flag_set
@@ -22,8 +23,6 @@ HF_CACHE_IN_CONTAINER = "/root/.cache/huggingface"   # both official images run 
 ENV_FILE_NAME = "qwen.env"           # the secrets file compose reads beside compose.yaml, and its template
 DEFAULT_SHM = "15Gi"                 # vLLM's LWS example: /dev/shm emptyDir, medium Memory, sizeLimit 15Gi
 
-# HF_TOKEN, HUGGING_FACE_HUB_TOKEN, VLLM_API_KEY, ... but not TOKENIZERS_PARALLELISM or *_MAX_TOKENS
-_SECRET_LIKE = re.compile(r"(^|_)(TOKEN|API_KEY|APIKEY|SECRET|SECRET_KEY|PASSWORD|PASSWD)$", re.I)
 _SECRET_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

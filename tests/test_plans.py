@@ -36,6 +36,12 @@ def assert_within_budget(p):
         assert g["kv_cache_bytes"] > 0, g
         if engine.startswith("llama"):       # llama.cpp allocates the context's cache, not the rest
             assert parts <= g["budget_bytes"], g
+        elif engine == "sglang":
+            # SGLang adds the MTP draft's KV pool outside its fraction, and the fraction has two
+            # decimals: what is used stays within the budget by less than 1 % of the GPU.
+            assert parts + m["sglang"]["draft_kv_bytes"] == g["used_bytes"] <= g["budget_bytes"], g
+            assert g["budget_bytes"] - g["used_bytes"] < 0.01 * g["total_bytes"], g
+            assert g["budget_bytes"] + (graphs - inside) + g["headroom_bytes"] == g["total_bytes"], g
         else:
             assert parts == g["budget_bytes"] == g["used_bytes"], g
             assert g["budget_bytes"] + (graphs - inside) + g["headroom_bytes"] == g["total_bytes"], g
@@ -182,3 +188,17 @@ def test_the_planner_itself_refuses_a_zero_concurrency():
     from qwenplan.planner.errors import InputError
     with pytest.raises(InputError, match="--concurrency 0"):
         plan_for("h100-80gb", concurrency=0)
+
+
+@pytest.mark.parametrize("goal", ["balanced", "long-context"])
+def test_sglang_plans_add_up_with_the_draft_kv_outside_the_fraction(goal):
+    """An A40 with SGLang (found by the property test): the MTP draft's KV pool sits outside
+    --mem-fraction-static and the fraction is rounded down to two decimals; the document says so."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", "from qwenplan.launch.cli import main; main()", "plan", "--json", "--gpu", "A40", "--engine", "sglang",
+                          "--goal", goal], capture_output=True, text=True, check=True)
+    doc = json.loads(out.stdout)
+    assert_within_budget(doc)
+    # the draft's KV pool exists exactly when the plan drafts (MTP)
+    assert (doc["memory"]["sglang"]["draft_kv_bytes"] > 0) == bool(doc["settings"]["speculative"])

@@ -18,6 +18,10 @@ from .units import gib
 from .variants import Variant
 from .versions import in_range
 
+# The served SGLang runs its memory rules are checked against (tests/test_gpu_results.py).
+SGLANG_RUNS = ("benchmarks/gpu/results/h200-sglang/ (real SGLang 0.5.14 runs on an H200: KV tokens and state slots "
+               "within 0.5 %); benchmarks/gpu/RESULTS.md (SGLang 0.5.14 on one H200)")
+
 
 def assemble(plan: Plan, o: Option, alternatives, view: GpuView, opts: PlanOptions, goal: dict, model: Model,
              predictor: Predictor) -> Plan:
@@ -156,7 +160,7 @@ def _memory_fraction(plan: Plan, o: Option, settings: Settings, view: GpuView) -
         f"running requests at most; activations ({gib(s.activation)}), CUDA graphs ({gib(s.cudagraph)})"
         f"{f' and the MTP draft KV ({gib(sp.draft_kv_bytes)})' if sp.draft_kv_bytes else ''} stay outside it" +
         (f"; the budget is {view.pool.reason}" if view.pool else ""),
-        "https://github.com/sgl-project/sglang/blob/v0.5.14/python/sglang/srt/model_executor/model_runner_kv_cache_mixin.py (pool = fraction x free before load - weights; mamba/KV split); planner/sglang.py" +
+        "https://github.com/sgl-project/sglang/blob/v0.5.14/python/sglang/srt/model_executor/model_runner_kv_cache_mixin.py (pool = fraction x free before load - weights; mamba/KV split); planner/sglang.py; " + SGLANG_RUNS +
         (f"; {view.pool.source}" if view.pool else "")))
 
 
@@ -178,7 +182,8 @@ def _context(plan: Plan, o: Option, settings: Settings, view: GpuView, opts: Pla
     if o.context < model.min_thinking_context:
         plan.warnings.append(f"context {o.context:,} is below the {model.min_thinking_context:,} tokens the model card "
                              f"advises for thinking mode")
-    D(Decision("max_model_len", o.context, ctx_reason, "planner/memory.py (vLLM hybrid paging, checked against real vLLM 0.26.0 runs on an H100 and an H200: benchmarks/gpu/RESULTS.md)"))
+    D(Decision("max_model_len", o.context, ctx_reason, f"planner/sglang.py (SGLang's pool split); {SGLANG_RUNS}"
+               if c.family == "sglang" else "planner/memory.py (vLLM hybrid paging, checked against real vLLM 0.26.0 runs on an H100 and an H200: benchmarks/gpu/RESULTS.md)"))
     if o.context > model.native_context:
         yarn = model.yarn
         factor = next(f for ctxt, f in sorted((int(k), v) for k, v in yarn["factors"].items()) if o.context <= ctxt)

@@ -218,41 +218,75 @@ class _Reader:
         return value
 
 
-def _read_gpu(r: _Reader, d: Any, i: int, lookup) -> GPU:
-    path = f"gpus[{i}]"
-    if not isinstance(d, dict):
-        r.fail(path, f"must be a mapping (got {type(d).__name__})")
-    r.unknown(d, _GPU_KEYS, path)
-    name = r.text(d, "name", path, required=True)
+def _gpu_cc(r: _Reader, d: dict, path: str) -> str | None:
+    """The compute capability, refused unless it parses: the planner compares it with kernels' needs."""
     cc = r.text(d, "compute_capability", path)
     if cc is not None and not _valid_cc(cc):
         r.fail(f"{path}.compute_capability", f"must look like '8.9' (got {cc!r})")
-    total = r.size(d, "memory_total_bytes", path, MAX_GPU_MEMORY_BYTES)
-    free = r.size(d, "memory_free_bytes", path, MAX_GPU_MEMORY_BYTES)
-    reserved = r.size(d, "memory_reserved_bytes", path, MAX_GPU_MEMORY_BYTES)
-    unified = d.get("unified_memory")
-    if unified is not None and not isinstance(unified, bool):
-        r.fail(f"{path}.unified_memory", f"must be true or false (got {unified!r})")
+    return cc
+
+
+def _gpu_flag(r: _Reader, d: dict, key: str, path: str, default: bool | None) -> bool | None:
+    """A true/false field; anything else is refused rather than read as truthy."""
+    value = d.get(key, default)
+    if value is not None and not isinstance(value, bool):
+        r.fail(f"{path}.{key}", f"must be true or false (got {value!r})")
+    return value
+
+
+def _from_profile(lookup, name: str, total: int | None, cc: str | None,
+                  unified: bool | None) -> tuple[int | None, str | None, bool | None]:
+    """Fill what a hand-written document left out from the profile of the GPU it names."""
     profile = lookup(name) if lookup is not None and (total is None or cc is None or unified is None) else None
     if profile is not None:
         # A hand-written document may name a known GPU and leave its facts to the profile.
         unified = profile.shares_host_memory if unified is None else unified
         total = total if total is not None else profile.visible_memory_bytes
         cc = cc or profile.compute_capability
-    unified = bool(unified)
+    return total, cc, unified
+
+
+def _check_gpu_memory(r: _Reader, path: str, total: int | None, free: int | None, reserved: int | None) -> None:
+    """Refuse free memory above the total, and a reserve that leaves CUDA nothing."""
     if total is not None and free is not None and free > total:
         r.fail(f"{path}.memory_free_bytes", f"({free}) is larger than memory_total_bytes ({total})")
     if total is not None and (reserved if reserved is not None else ASSUMED_RESERVED_BYTES) >= total:
         r.fail(f"{path}.memory_reserved_bytes", f"({reserved if reserved is not None else ASSUMED_RESERVED_BYTES}) "
                f"leaves nothing of memory_total_bytes ({total}) for CUDA")
+
+
+def _gpu_free(total: int | None, free: int | None, reserved: int | None, unified: bool) -> int | None:
+    """Free memory when the document does not say: the total less the reserve (none on unified memory)."""
     if free is None and total is not None:
         free = total - (reserved if reserved is not None else 0 if unified else ASSUMED_RESERVED_BYTES)
+    return free
+
+
+def _gpu_peers(r: _Reader, d: dict, path: str) -> list:
+    """The NVLink peers, a list of GPU indices (checked against the other GPUs later)."""
     peers = d.get("nvlink_peers") or []
     if not isinstance(peers, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in peers):
         r.fail(f"{path}.nvlink_peers", f"must be a list of GPU indices (got {peers!r})")
-    mig = d.get("mig", False)
-    if not isinstance(mig, bool):
-        r.fail(f"{path}.mig", f"must be true or false (got {mig!r})")
+    return peers
+
+
+def _read_gpu(r: _Reader, d: Any, i: int, lookup) -> GPU:
+    path = f"gpus[{i}]"
+    if not isinstance(d, dict):
+        r.fail(path, f"must be a mapping (got {type(d).__name__})")
+    r.unknown(d, _GPU_KEYS, path)
+    name = r.text(d, "name", path, required=True)
+    cc = _gpu_cc(r, d, path)
+    total = r.size(d, "memory_total_bytes", path, MAX_GPU_MEMORY_BYTES)
+    free = r.size(d, "memory_free_bytes", path, MAX_GPU_MEMORY_BYTES)
+    reserved = r.size(d, "memory_reserved_bytes", path, MAX_GPU_MEMORY_BYTES)
+    unified = _gpu_flag(r, d, "unified_memory", path, None)
+    total, cc, unified = _from_profile(lookup, name, total, cc, unified)
+    unified = bool(unified)
+    _check_gpu_memory(r, path, total, free, reserved)
+    free = _gpu_free(total, free, reserved, unified)
+    peers = _gpu_peers(r, d, path)
+    mig = _gpu_flag(r, d, "mig", path, False)
     index = r.integer(d, "index", path)
     return GPU(
         index=i if index is None else index, name=name, memory_total_bytes=total, memory_free_bytes=free,
@@ -284,9 +318,8 @@ def _bandwidth(r: "_Reader", value: Any) -> float | None:
     return float(value)
 
 
-def from_dict(doc: Any, label: str = "hardware document", lookup=None) -> Hardware:
-    """Validate and read a hardware document. `lookup(name)` finds a GPU profile or None."""
-    r = _Reader(label)
+def _check_top(r: _Reader, doc: Any) -> list:
+    """The top level: a mapping of this schema with a 'gpus' list no longer than one node holds."""
     if not isinstance(doc, dict):
         r.fail("(top level)", f"must be a mapping with a 'gpus' list (got {type(doc).__name__})")
     schema = doc.get("schema", SCHEMA)
@@ -301,6 +334,11 @@ def from_dict(doc: Any, label: str = "hardware document", lookup=None) -> Hardwa
     if len(gpus_raw) > MAX_GPUS:
         r.fail("gpus", f"lists {len(gpus_raw)} GPUs; qwenplan plans at most {MAX_GPUS} on one node "
                f"(describe one node and pass --nodes for more)")
+    return gpus_raw
+
+
+def _read_gpus(r: _Reader, gpus_raw: list, lookup) -> list[GPU]:
+    """The GPUs, with distinct indices and NVLink peers that name other GPUs of this node."""
     gpus = [_read_gpu(r, g, i, lookup) for i, g in enumerate(gpus_raw)]
     indices = [g.index for g in gpus]
     if len(set(indices)) != len(indices):
@@ -309,7 +347,12 @@ def from_dict(doc: Any, label: str = "hardware document", lookup=None) -> Hardwa
         for p in g.nvlink_peers:
             if p not in indices or p == g.index:
                 r.fail(f"gpus[{indices.index(g.index)}].nvlink_peers", f"names GPU {p}, which is not another GPU here")
-    h = r.mapping(doc.get("host"), "host")
+    return gpus
+
+
+def _read_host(r: _Reader, value: Any) -> Host:
+    """The host section; total and available RAM stand in for each other when one is missing."""
+    h = r.mapping(value, "host")
     r.unknown(h, _HOST_KEYS, "host")
     cpu = r.integer(h, "cpu_count", "host", minimum=1)
     host = Host(
@@ -328,25 +371,48 @@ def from_dict(doc: Any, label: str = "hardware document", lookup=None) -> Hardwa
         host.ram_total_bytes = host.ram_available_bytes
     if host.ram_available_bytes is None and host.ram_total_bytes is not None:
         host.ram_available_bytes = host.ram_total_bytes
-    driver = r.mapping(doc.get("driver"), "driver")
-    engines = r.mapping(doc.get("engines"), "engines")
+    return host
+
+
+def _check_versions(r: _Reader, driver: dict, engines: dict) -> None:
+    """Driver and engine versions: printable strings or null, keyed by strings."""
     for key, value in list(driver.items()) + list(engines.items()):
         section = "driver" if key in driver else "engines"
         if not isinstance(key, str) or (value is not None and not isinstance(value, str)):
             r.fail(f"{section}.{str(key)[:40]}", f"must be a version string or null (got {type(value).__name__})")
         r.printable(key + (value or ""), f"{section}.{key[:40]}")
-    notes = doc.get("notes") or []
+
+
+def _read_notes(r: _Reader, value: Any) -> list:
+    """The notes: a list of printable strings."""
+    notes = value or []
     if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
         r.fail("notes", "must be a list of strings")
     for i, n in enumerate(notes):
         r.printable(n, f"notes[{i}]")
-    origin = doc.get("origin")
-    if origin is not None and not isinstance(origin, str):
-        r.fail("origin", f"must be a string (got {type(origin).__name__})")
+    return notes
+
+
+def _optional_string(r: _Reader, value: Any, path: str) -> str | None:
+    """A top-level field that is a string or absent."""
+    if value is not None and not isinstance(value, str):
+        r.fail(path, f"must be a string (got {type(value).__name__})")
+    return value
+
+
+def from_dict(doc: Any, label: str = "hardware document", lookup=None) -> Hardware:
+    """Validate and read a hardware document. `lookup(name)` finds a GPU profile or None."""
+    r = _Reader(label)
+    gpus_raw = _check_top(r, doc)
+    gpus = _read_gpus(r, gpus_raw, lookup)
+    host = _read_host(r, doc.get("host"))
+    driver = r.mapping(doc.get("driver"), "driver")
+    engines = r.mapping(doc.get("engines"), "engines")
+    _check_versions(r, driver, engines)
+    notes = _read_notes(r, doc.get("notes"))
+    origin = _optional_string(r, doc.get("origin"), "origin")
     r.printable(origin or "", "origin")
-    visible = doc.get("cuda_visible_devices")
-    if visible is not None and not isinstance(visible, str):
-        r.fail("cuda_visible_devices", f"must be a string (got {type(visible).__name__})")
+    visible = _optional_string(r, doc.get("cuda_visible_devices"), "cuda_visible_devices")
     return Hardware(
         gpus=gpus, host=host,
         driver={"version": driver.get("version"), "cuda": driver.get("cuda"),

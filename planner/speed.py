@@ -287,6 +287,76 @@ class Burst:
     seconds: float
 
 
+def _plan_prefill(prefilling: list[_Cohort], budget: float) -> tuple[list[tuple[_Cohort, int]], float]:
+    """Chunks of prompts already started, oldest first, while the step's token budget lasts:
+    a started prompt goes before any new request."""
+    plan: list[tuple[_Cohort, int]] = []
+    for c in prefilling:
+        take = min(c.prompt_left, int(budget // c.count)) if budget > 0 else 0
+        if take <= 0:
+            break
+        plan.append((c, take))
+        budget -= take * c.count
+    return plan, budget
+
+
+def _admit(plan: list[tuple[_Cohort, int]], cohorts: list[_Cohort], prefilling: list[_Cohort], waiting: float,
+           seats: float, budget: float, input_tokens: int) -> float:
+    """Admit waiting requests into the seats and budget left (appending to plan, cohorts and
+    prefilling); the number still waiting. A cohort that cannot take a whole prompt gets the
+    rest of the budget."""
+    while waiting > 0 and seats >= 1 and budget > 0:
+        whole = min(waiting, seats, budget // input_tokens)
+        c = _Cohort(whole if whole >= 1 else 1, input_tokens)
+        cohorts.append(c)
+        prefilling.append(c)
+        plan.append((c, input_tokens if whole >= 1 else int(budget)))   # else: the rest of the budget
+        waiting -= c.count
+        seats -= c.count
+        budget -= plan[-1][1] * c.count
+    return waiting
+
+
+def _retire(decoding: list[_Cohort], t: float, output_tokens: int, n_dec: float,
+            gen_sum: float) -> tuple[float, float]:
+    """Finish the oldest cohorts that have all their output tokens; the decoding count and
+    generated-token sum without them."""
+    while decoding and decoding[0].generated >= output_tokens:
+        c = decoding.pop(0)
+        c.done_s = t
+        n_dec -= c.count
+        gen_sum -= c.count * c.generated
+    return n_dec, gen_sum
+
+
+def _finish_prefill(plan: list[tuple[_Cohort, int]], t: float, prefilling: list[_Cohort],
+                    decoding: list[_Cohort], n_dec: float, gen_sum: float) -> tuple[float, float]:
+    """Charge the step's prefill chunks; a cohort whose prompt is done emits its first token
+    and moves to decoding. The decoding count and generated-token sum with them."""
+    for c, take in plan:
+        c.prompt_left -= take
+        if c.prompt_left <= 0:
+            c.prompt_left, c.first_token_s, c.generated = 0, t, 1
+            prefilling.remove(c)
+            decoding.append(c)
+            n_dec += c.count
+            gen_sum += c.count
+    return n_dec, gen_sum
+
+
+def _median_ttft(cohorts: list[_Cohort], total: float, overhead_s: float) -> float:
+    """The median time to first token as the harness takes it (benchmarks/gpu/load.py:
+    index round(0.5 (n - 1)))."""
+    firsts = sorted((c.first_token_s + overhead_s, c.count) for c in cohorts)
+    nth, seen, ttft = round(0.5 * (total - 1)), 0.0, firsts[-1][0]
+    for first, count in firsts:
+        seen += count
+        if seen > nth:
+            ttft = first
+            break
+    return ttft
+
+
 def burst(sh: StepShape, m: Machine, k: Constants, lay: Layout, concurrency: int, *,
           input_tokens: int = INPUT_TOKENS, output_tokens: int = OUTPUT_TOKENS, acceptance: float = 0.0) -> Burst:
     """`concurrency` requests sent at once (split evenly over the DP ranks), served to the end."""
@@ -300,23 +370,9 @@ def burst(sh: StepShape, m: Machine, k: Constants, lay: Layout, concurrency: int
     t = 0.0
     while decoding or prefilling or waiting > 0:
         budget = max(lay.batched_tokens, 1) - n_dec * (1 + lay.spec_tokens)
-        plan: list[tuple[_Cohort, int]] = []
-        for c in prefilling:                      # chunks of prompts already started, oldest first
-            take = min(c.prompt_left, int(budget // c.count)) if budget > 0 else 0
-            if take <= 0:
-                break
-            plan.append((c, take))
-            budget -= take * c.count
+        plan, budget = _plan_prefill(prefilling, budget)
         seats = lay.max_seqs - n_dec - sum(c.count for c in prefilling)
-        while waiting > 0 and seats >= 1 and budget > 0:   # admit new requests into what is left
-            whole = min(waiting, seats, budget // input_tokens)
-            c = _Cohort(whole if whole >= 1 else 1, input_tokens)
-            cohorts.append(c)
-            prefilling.append(c)
-            plan.append((c, input_tokens if whole >= 1 else int(budget)))   # else: the rest of the budget
-            waiting -= c.count
-            seats -= c.count
-            budget -= plan[-1][1] * c.count
+        waiting = _admit(plan, cohorts, prefilling, waiting, seats, budget, input_tokens)
         ctx = input_tokens + gen_sum / n_dec if n_dec else input_tokens
         if plan:
             steps, dt = 1, step_time(sh, m, k, lay, n_dec, sum(take * c.count for c, take in plan), ctx, ranks_active)
@@ -329,29 +385,11 @@ def burst(sh: StepShape, m: Machine, k: Constants, lay: Layout, concurrency: int
         for c in decoding:
             c.generated = min(output_tokens, c.generated + steps * yield_per_step)
         gen_sum = sum(c.count * c.generated for c in decoding)
-        while decoding and decoding[0].generated >= output_tokens:
-            c = decoding.pop(0)
-            c.done_s = t
-            n_dec -= c.count
-            gen_sum -= c.count * c.generated
-        for c, take in plan:
-            c.prompt_left -= take
-            if c.prompt_left <= 0:
-                c.prompt_left, c.first_token_s, c.generated = 0, t, 1
-                prefilling.remove(c)
-                decoding.append(c)
-                n_dec += c.count
-                gen_sum += c.count
+        n_dec, gen_sum = _retire(decoding, t, output_tokens, n_dec, gen_sum)
+        n_dec, gen_sum = _finish_prefill(plan, t, prefilling, decoding, n_dec, gen_sum)
     total = sum(c.count for c in cohorts) or 1
     end = max(c.done_s for c in cohorts) + k.request_overhead_s
-    firsts = sorted((c.first_token_s + k.request_overhead_s, c.count) for c in cohorts)
-    # the median as the harness takes it (benchmarks/gpu/load.py: index round(0.5 (n - 1)))
-    nth, seen, ttft = round(0.5 * (total - 1)), 0.0, firsts[-1][0]
-    for first, count in firsts:
-        seen += count
-        if seen > nth:
-            ttft = first
-            break
+    ttft = _median_ttft(cohorts, total, k.request_overhead_s)
     tpot = sum(c.count * (c.done_s - c.first_token_s) for c in cohorts) / total / max(1, output_tokens - 1)
     # The harness's c1 level sends its requests one after another: the same per-request time.
     return Burst(concurrency=concurrency, tokens_per_s=concurrency * output_tokens / end, ttft_s=ttft,

@@ -71,9 +71,8 @@ def _number(v, where: str, *, integer: bool, low: float = 0, high: float = math.
     return v
 
 
-def check_observation(o, i: int) -> None:
-    """Raise BadRecord unless `o` is an observation whose figures a real engine could have logged."""
-    at = f"observations[{i}]"
+def _check_parts(o, at: str) -> None:
+    """The observation's containers and labels: the figure checks below index into them."""
     if not isinstance(o, dict):
         raise BadRecord(f"{at} is {type(o).__name__}, not a mapping")
     for part in ("settings", "predicted", "reported"):
@@ -82,6 +81,10 @@ def check_observation(o, i: int) -> None:
     for part in ("date", "source"):
         if not isinstance(o.get(part), str) or len(o[part]) > 200:
             raise BadRecord(f"{at}.{part} is missing or not a short string")
+
+
+def _gpu_total(o: dict, at: str) -> int:
+    """The GPU's memory as the observation states it (or the largest GPU): the ceiling for byte figures."""
     gpu = o.get("gpu") or {}
     if not isinstance(gpu, dict):
         raise BadRecord(f"{at}.gpu is not a mapping")
@@ -89,38 +92,60 @@ def check_observation(o, i: int) -> None:
     if gpu.get("memory_total_bytes") is not None:
         total = _number(gpu["memory_total_bytes"], f"{at}.gpu.memory_total_bytes", integer=True, low=0,
                         high=MAX_GPU_MEMORY_BYTES, low_open=True)
-    rep = o["reported"]
+    return total
+
+
+def _check_reported_figure(k: str, v, where: str, total: int) -> None:
+    """One reported figure, by its kind: only names an engine reports, each within what it can report."""
+    if k in _BYTES:
+        _number(v, where, integer=True, high=total, low_open=k == "weights_bytes")
+    elif k in _COUNTS:
+        _number(v, where, integer=True, high=1 << 40)
+    elif k in _SIGNED:
+        _number(v, where, integer=True, low=-1, high=1 << 40)
+    elif k in _REALS:
+        _number(v, where, integer=False, high=1 << 40)
+    elif k in _TEXTS:
+        if not isinstance(v, str) or len(v) > 64:
+            raise BadRecord(f"{where} is not a short string")
+    else:
+        raise BadRecord(f"{where} is not a figure an engine reports")
+
+
+def _check_reported(rep: dict, at: str, total: int) -> None:
+    """Every reported figure, and weights_bytes present: calibration compares plans against it."""
     for k, v in rep.items():
-        where = f"{at}.reported.{k}"
-        if v is None:
-            continue
-        if k in _BYTES:
-            _number(v, where, integer=True, high=total, low_open=k == "weights_bytes")
-        elif k in _COUNTS:
-            _number(v, where, integer=True, high=1 << 40)
-        elif k in _SIGNED:
-            _number(v, where, integer=True, low=-1, high=1 << 40)
-        elif k in _REALS:
-            _number(v, where, integer=False, high=1 << 40)
-        elif k in _TEXTS:
-            if not isinstance(v, str) or len(v) > 64:
-                raise BadRecord(f"{where} is not a short string")
-        else:
-            raise BadRecord(f"{where} is not a figure an engine reports")
+        if v is not None:
+            _check_reported_figure(k, v, f"{at}.reported.{k}", total)
     if rep.get("weights_bytes") is None:
         raise BadRecord(f"{at}.reported has no weights_bytes")
+
+
+def _check_speed(o: dict, at: str) -> None:
+    """The measured speeds, when given: plain numbers within reason."""
     speed = o.get("speed", {})
     if not isinstance(speed, dict):
         raise BadRecord(f"{at}.speed is not a mapping")
     for k, v in speed.items():
         _number(v, f"{at}.speed.{k}", integer=False, high=1e6)
+
+
+def _check_fits(rep: dict, at: str, total: int) -> None:
+    """The reported parts together must fit on the GPU they were reported from."""
     used = sum(rep.get(k) or 0 for k in ("weights_bytes", "activation_bytes", "non_torch_bytes", "kv_cache_bytes"))
     if used > total:
         raise BadRecord(f"{at}.reported adds up to {used:,} bytes, more than the GPU's {total:,}")
-    for k, v in o["predicted"].items():
+
+
+def _check_predicted(pred: dict, at: str) -> None:
+    """The plan's predictions: byte counts, when present."""
+    for k, v in pred.items():
         if v is not None:
             _number(v, f"{at}.predicted.{k}", integer=True, high=1 << 50)
-    st = o["settings"]
+
+
+def _check_settings(st: dict, at: str) -> None:
+    """The settings the engine ran with: the ones calibration reads must have their proper types."""
     for k in ("max_model_len", "max_num_seqs", "max_num_batched_tokens"):
         if st.get(k) is not None:
             _number(st[k], f"{at}.settings.{k}", integer=True, high=1 << 40)
@@ -132,6 +157,19 @@ def check_observation(o, i: int) -> None:
     if spec is not None and not (isinstance(spec, dict) and isinstance(spec.get("num_speculative_tokens", 0), int)
                                  and not isinstance(spec.get("num_speculative_tokens", 0), bool)):
         raise BadRecord(f"{at}.settings.speculative is not a speculative config")
+
+
+def check_observation(o, i: int) -> None:
+    """Raise BadRecord unless `o` is an observation whose figures a real engine could have logged."""
+    at = f"observations[{i}]"
+    _check_parts(o, at)
+    total = _gpu_total(o, at)
+    rep = o["reported"]
+    _check_reported(rep, at, total)
+    _check_speed(o, at)
+    _check_fits(rep, at, total)
+    _check_predicted(o["predicted"], at)
+    _check_settings(o["settings"], at)
 
 
 def check_record(d) -> dict:

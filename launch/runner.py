@@ -541,98 +541,155 @@ def smoke_test(host: str, port: int, served_name: str, *, api_key: str | None = 
     return Smoke(ttft_s=first - t0, tokens=tokens, tokens_per_s=rate, text="".join(text))
 
 
+_WAIT, _AGAIN, _STOP = "wait", "again", "stop"     # what one readiness step asks of the polling loop
+
+
+class _Readiness:
+    """How far one engine has got towards serving: the stage, when each stage was reached, and
+    how the wait ended. Keeps wait_ready's polling loop free of bookkeeping."""
+
+    def __init__(self, engine: Engine, target: str, port: int, served_name: str, api_key: str | None,
+                 on_status: Callable[[Status], None] | None):
+        self.engine, self.target, self.port, self.served_name = engine, target, port, served_name
+        self.api_key, self.auth, self.on_status = api_key, _auth(api_key), on_status
+        self.stage, self.timings, self.smoke_res = "spawned", {}, None
+        self.failure = self.message = None
+
+    def reach(self, s: str) -> None:
+        """Enter stage `s`, noting the seconds since spawn (the result's timings)."""
+        self.stage = s
+        self.timings[s] = round(time.monotonic() - self.engine.started_at, 3)
+
+    def status(self, msg: str) -> None:
+        """Tell the caller where the wait stands, if it asked."""
+        if self.on_status:
+            self.on_status(Status(self.stage, time.monotonic() - self.engine.started_at, msg, self.engine.last_line))
+
+    def fail(self, failure: str, message: str) -> str:
+        """Record why the wait ends without a ready engine."""
+        self.failure, self.message = failure, message
+        return _STOP
+
+
+def _ended(r: _Readiness, timeout_s: float) -> bool:
+    """True when the wait is over before any request: a signal, the engine's exit, or the timeout.
+    A running engine that was only spawned counts as alive from here on."""
+    engine = r.engine
+    elapsed = time.monotonic() - engine.started_at
+    if engine.signalled is not None:
+        r.fail("interrupted", f"interrupted by {signal.Signals(engine.signalled).name} at stage {r.stage}")
+        return True
+    rc = engine.poll()
+    if rc is not None:
+        r.fail("exited", f"the engine exited with code {rc} after {elapsed:.0f} s (stage: {r.stage})")
+        return True
+    if r.stage == "spawned":
+        r.reach("alive")
+    if elapsed > timeout_s:
+        r.fail("timeout", f"the engine was not ready after {timeout_s:.0f} s (stage: {r.stage})")
+        return True
+    return False
+
+
+def _check_health(r: _Readiness) -> str:
+    """Stage alive: /health answers 200, and from the engine itself (checked before the key is ever sent)."""
+    code, _ = _request(r.target, r.port, "GET", "/health", timeout=2.0)
+    if code == 200:
+        other = squatter(r.engine, r.port)     # before the first request that carries the key
+        if other:
+            return r.fail("squatted", f"port {r.port} is answered by {other}, not the engine; the API key was not "
+                                      f"sent (stop that process or pass another --port)")
+        r.reach("health")
+    return _WAIT
+
+
+def _check_models(r: _Readiness) -> str:
+    """Stage health: /v1/models accepts the key and lists the served name."""
+    code, data = _request(r.target, r.port, "GET", "/v1/models", headers=r.auth, timeout=5.0)
+    if code == 401:
+        return r.fail("unauthorized", "the engine refused the API key on /v1/models")
+    if code == 200:
+        ids = [m.get("id") for m in json.loads(data).get("data") or []]
+        if r.served_name not in ids:
+            return r.fail("wrong-model", f"the engine serves {ids}, not {r.served_name!r}")
+        r.reach("models")
+    return _WAIT
+
+
+def _check_smoke(r: _Readiness, smoke: bool, smoke_timeout_s: float) -> str:
+    """Stage models: one short generation (when asked) proves the engine can serve; then ready.
+    A signal that cuts the request short is left to _ended to report, hence _AGAIN."""
+    if smoke:
+        r.status(_WAITING["models"])
+        engine = r.engine
+        try:
+            r.smoke_res = smoke_test(r.target, r.port, r.served_name, api_key=r.api_key, timeout_s=smoke_timeout_s,
+                                     stop=lambda: engine.signalled is not None)
+        except LaunchError as e:
+            if engine.signalled is not None:
+                return _AGAIN    # the signal ended the request: reported as interrupted above
+            return r.fail("smoke", e.problem)
+        if engine.signalled is not None:
+            return _AGAIN        # cut short by Ctrl-C: reported as interrupted above
+        r.reach("smoke")
+    r.reach("ready")
+    return _STOP
+
+
+def _advance(r: _Readiness, smoke: bool, smoke_timeout_s: float) -> str:
+    """Take the engine as far through the stages as it answers now; one stage may follow another at once."""
+    if r.stage == "alive" and _check_health(r) == _STOP:
+        return _STOP
+    if r.stage == "health" and _check_models(r) == _STOP:
+        return _STOP
+    if r.stage == "models":
+        return _check_smoke(r, smoke, smoke_timeout_s)
+    return _WAIT
+
+
+def _ready_message(r: _Readiness) -> str:
+    """The success line: seconds to ready, and the smoke test's first token and speed when it ran."""
+    sm = r.smoke_res
+    tp = f", {sm.tokens_per_s:.1f} tokens/s" if sm and sm.tokens_per_s else ""
+    return (f"ready after {r.timings['ready']:.0f} s" +
+            (f"; first token in {sm.ttft_s * 1000:.0f} ms{tp}" if sm else ""))
+
+
+def _stop_failed(r: _Readiness) -> int | None:
+    """Stop an engine that failed, after letting a smoke-test crash finish; its exit code (None when ok)."""
+    if r.failure == "smoke":
+        try:                             # a kernel fault kills the engine a moment after the request
+            r.engine.proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            pass
+    return r.engine.stop() if r.failure else None
+
+
 def wait_ready(engine: Engine, *, host: str, port: int, served_name: str, api_key: str | None = None,
                timeout_s: float = 1800.0, smoke: bool = True, smoke_timeout_s: float = 180.0,
                on_status: Callable[[Status], None] | None = None, poll_s: float = 0.25) -> LaunchResult:
     """Follow the engine through the stages; on failure the engine is stopped before returning."""
-    target = _connect_host(host)
-    stage, timings, smoke_res = "spawned", {}, None
-    failure = message = None
-    auth = _auth(api_key)
-
-    def reach(s: str) -> None:
-        nonlocal stage
-        stage = s
-        timings[s] = round(time.monotonic() - engine.started_at, 3)
-
-    def status(msg: str) -> None:
-        if on_status:
-            on_status(Status(stage, time.monotonic() - engine.started_at, msg, engine.last_line))
-
-    while True:
-        elapsed = time.monotonic() - engine.started_at
-        if engine.signalled is not None:
-            failure, message = "interrupted", f"interrupted by {signal.Signals(engine.signalled).name} at stage {stage}"
-            break
-        rc = engine.poll()
-        if rc is not None:
-            failure, message = "exited", f"the engine exited with code {rc} after {elapsed:.0f} s (stage: {stage})"
-            break
-        if stage == "spawned":
-            reach("alive")
-        if elapsed > timeout_s:
-            failure, message = "timeout", f"the engine was not ready after {timeout_s:.0f} s (stage: {stage})"
-            break
+    r = _Readiness(engine, _connect_host(host), port, served_name, api_key, on_status)
+    while not _ended(r, timeout_s):
         try:
-            if stage == "alive":
-                code, _ = _request(target, port, "GET", "/health", timeout=2.0)
-                if code == 200:
-                    other = squatter(engine, port)     # before the first request that carries the key
-                    if other:
-                        failure = "squatted"
-                        message = (f"port {port} is answered by {other}, not the engine; the API key was not sent "
-                                   f"(stop that process or pass another --port)")
-                        break
-                    reach("health")
-            if stage == "health":
-                code, data = _request(target, port, "GET", "/v1/models", headers=auth, timeout=5.0)
-                if code == 401:
-                    failure, message = "unauthorized", "the engine refused the API key on /v1/models"
-                    break
-                if code == 200:
-                    ids = [m.get("id") for m in json.loads(data).get("data") or []]
-                    if served_name not in ids:
-                        failure, message = "wrong-model", f"the engine serves {ids}, not {served_name!r}"
-                        break
-                    reach("models")
-            if stage == "models":
-                if smoke:
-                    status(_WAITING["models"])
-                    try:
-                        smoke_res = smoke_test(target, port, served_name, api_key=api_key, timeout_s=smoke_timeout_s,
-                                               stop=lambda: engine.signalled is not None)
-                    except LaunchError as e:
-                        if engine.signalled is not None:
-                            continue     # the signal ended the request: reported as interrupted above
-                        failure, message = "smoke", e.problem
-                        break
-                    if engine.signalled is not None:
-                        continue         # cut short by Ctrl-C: reported as interrupted above
-                    reach("smoke")
-                reach("ready")
-                break
+            step = _advance(r, smoke, smoke_timeout_s)
         except (OSError, http.client.HTTPException, ValueError):
-            pass                         # not listening yet: keep waiting
-        status(_WAITING[stage])
+            step = _WAIT                 # not listening yet: keep waiting
+        if step == _STOP:
+            break
+        if step == _AGAIN:
+            continue
+        r.status(_WAITING[r.stage])
         time.sleep(poll_s)
 
-    if failure == "smoke":
-        try:                             # a kernel fault kills the engine a moment after the request
-            engine.proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            pass
-    exit_code = None
-    if failure:
-        exit_code = engine.stop()
-    ok = failure is None
+    exit_code = _stop_failed(r)
+    ok = r.failure is None
     if ok:
-        tp = f", {smoke_res.tokens_per_s:.1f} tokens/s" if smoke_res and smoke_res.tokens_per_s else ""
-        message = (f"ready after {timings['ready']:.0f} s" +
-                   (f"; first token in {smoke_res.ttft_s * 1000:.0f} ms{tp}" if smoke_res else ""))
-    result = LaunchResult(ok=ok, stage=stage, failure=failure, message=message, exit_code=exit_code, timings=timings,
-                          smoke=smoke_res, log_path=engine.log_path, lines=list(engine.lines))
+        r.message = _ready_message(r)
+    result = LaunchResult(ok=ok, stage=r.stage, failure=r.failure, message=r.message, exit_code=exit_code,
+                          timings=r.timings, smoke=r.smoke_res, log_path=engine.log_path, lines=list(engine.lines))
     engine.result = result
-    status(message)
+    r.status(r.message)
     return result
 
 

@@ -218,18 +218,20 @@ def _pick(options: list[Option], goal: str, min_context: int) -> Option:
 
 # --- the plan ---------------------------------------------------------------------------------
 
-def make_plan(hw: Hardware, opts, model: Model, plan: Plan, view, why: str) -> Plan:
-    """The llama.cpp plan for this box (`view`: decide.GpuView or None without a usable GPU).
-    `plan` arrives with the model, goal and hardware filled in; `why` says why llama.cpp."""
-    eng = get_engine(ENGINE)
+def _engine_version(eng, opts) -> tuple[str, list[str]]:
+    """The llama.cpp version to plan for (--engine-version when it names llama.cpp) and its warnings;
+    a --kv-dtype llama.cpp has no cache type for is refused here, before any search."""
     version = opts.engine_version if opts.engine == ENGINE and opts.engine_version else eng.default_version
     warnings = check_version(eng, version)
     if opts.kv_dtype and opts.kv_dtype not in CACHE_TYPES:
         raise InputError(f"--kv-dtype {opts.kv_dtype!r} is not a llama.cpp cache type",
                          f"use one of: {', '.join(CACHE_TYPES)}")
-    goal_facts = load_profile("goals.yaml")["goals"][opts.goal]
-    slots = opts.concurrency or facts()["slots"][opts.goal]
-    contexts = [opts.context] if opts.context else [c for c in goal_facts["contexts"] if c <= model.native_context]
+    return version, warnings
+
+
+def _gpu_budget(view, warnings: list[str]):
+    """(the GPU llama.cpp uses or None, its byte budget, its bandwidth in GB/s): the first usable GPU,
+    its free memory less llama.cpp's overhead. Assumed machine figures go to `warnings`."""
     gpu = view.gpus[0] if view is not None else None
     budget = None
     gpu_bw = None
@@ -239,41 +241,84 @@ def make_plan(hw: Hardware, opts, model: Model, plan: Plan, view, why: str) -> P
         machine = speed.machine_for(gpu.name)
         gpu_bw = machine.bandwidth / 1e9
         warnings.extend(machine.assumed)
-    host_bw, host_bw_source = _host_bandwidth(hw)
+    return gpu, budget, gpu_bw
+
+
+def _host_ram(hw: Hardware, warnings: list[str]) -> int | None:
+    """Usable host RAM; when unknown, a warning that host-resident parts go unchecked."""
     host_ram = hw.host.usable_ram_bytes
     if host_ram is None:
         warnings.append("host RAM unknown: the experts and caches this plan keeps in host RAM are not checked "
                         "against it (give --ram)")
-    pool = [get_variant(opts.variant)] if opts.variant else [v for v in variants_of(model.id) if ENGINE in v.engines]
-    mtp_on = opts.mtp is not False and goal_facts["mtp"]
-    options, rejected = [], []
+    return host_ram
+
+
+def _unsupported(v: Variant, version: str) -> str | None:
+    """Why llama.cpp `version` cannot load `v` at all (not GGUF, or too old), or None."""
+    spec = v.engines.get(ENGINE)
+    if spec is None:
+        return f"llama.cpp loads GGUF files only ({v.format})"
+    if Version(version) < Version(spec["min"]):
+        return f"needs llama.cpp {spec['min']} or newer (planning for {version})"
+    return None
+
+
+def _misfit(v: Variant, gpu, budget, host_ram) -> str:
+    """Why no option of `v` fits: what must stay in host RAM against the GPU budget, or the weights
+    against host RAM without a GPU."""
+    s = split(v, v.model.shape.layers, gpu is not None)
+    return (f"does not fit: {gib(s.host)} must stay in host RAM "
+            f"(usable {gib(host_ram)}) and the GPU budget is {gib(budget)}"
+            if gpu is not None else
+            f"does not fit: {gib(v.disk.total)} of weights, host RAM usable {gib(host_ram)}")
+
+
+def _search(pool, version: str, gpu, rejected: list, **search) -> list[Option]:
+    """Every option of every variant in `pool`; the variants with none go to `rejected` with the reason.
+    `search` carries _options' keywords other than gpu_name."""
+    options = []
     for v in pool:
-        spec = v.engines.get(ENGINE)
-        if spec is None:
-            rejected.append((v.id, f"llama.cpp loads GGUF files only ({v.format})"))
+        reason = _unsupported(v, version)
+        if reason is not None:
+            rejected.append((v.id, reason))
             continue
-        if Version(version) < Version(spec["min"]):
-            rejected.append((v.id, f"needs llama.cpp {spec['min']} or newer (planning for {version})"))
-            continue
-        found = _options(v, budget=budget, host_ram=host_ram, contexts=contexts, slots=slots,
-                         cache_types=[opts.kv_dtype] if opts.kv_dtype else CACHE_TYPES[:2],
-                         gpu_name=gpu.name if gpu is not None else None,
-                         host_bw=host_bw, mtp=mtp_on)
+        found = _options(v, gpu_name=gpu.name if gpu is not None else None, **search)
         if found:
             options.extend(found)
         else:
-            s = split(v, v.model.shape.layers, gpu is not None)
-            rejected.append((v.id, f"does not fit: {gib(s.host)} must stay in host RAM "
-                                    f"(usable {gib(host_ram)}) and the GPU budget is {gib(budget)}"
-                              if gpu is not None else
-                              f"does not fit: {gib(v.disk.total)} of weights, host RAM usable {gib(host_ram)}"))
+            rejected.append((v.id, _misfit(v, gpu, search["budget"], search["host_ram"])))
+    return options
+
+
+def _infeasible(plan: Plan, rejected, why: str) -> Plan:
+    """The plan when no GGUF variant fits: every rejection as a requirement."""
+    plan.status = "infeasible"
+    plan.requirements = [f"{vid}: {r}" for vid, r in rejected] or ["no GGUF variant in the catalog"]
+    plan.decisions.append(Decision("status", "infeasible", f"no GGUF variant fits this box with llama.cpp ({why})",
+                                    "planner/llamacpp.py"))
+    return plan
+
+
+def make_plan(hw: Hardware, opts, model: Model, plan: Plan, view, why: str) -> Plan:
+    """The llama.cpp plan for this box (`view`: decide.GpuView or None without a usable GPU).
+    `plan` arrives with the model, goal and hardware filled in; `why` says why llama.cpp."""
+    eng = get_engine(ENGINE)
+    version, warnings = _engine_version(eng, opts)
+    goal_facts = load_profile("goals.yaml")["goals"][opts.goal]
+    slots = opts.concurrency or facts()["slots"][opts.goal]
+    contexts = [opts.context] if opts.context else [c for c in goal_facts["contexts"] if c <= model.native_context]
+    gpu, budget, gpu_bw = _gpu_budget(view, warnings)
+    host_bw, host_bw_source = _host_bandwidth(hw)
+    host_ram = _host_ram(hw, warnings)
+    pool = [get_variant(opts.variant)] if opts.variant else [v for v in variants_of(model.id) if ENGINE in v.engines]
+    mtp_on = opts.mtp is not False and goal_facts["mtp"]
+    rejected = []
+    options = _search(pool, version, gpu, rejected, budget=budget, host_ram=host_ram, contexts=contexts, slots=slots,
+                      cache_types=[opts.kv_dtype] if opts.kv_dtype else CACHE_TYPES[:2],
+                      host_bw=host_bw, mtp=mtp_on)
     plan.warnings.extend(warnings)
     if not options:
-        plan.status = "infeasible"
-        plan.requirements = [f"{vid}: {r}" for vid, r in rejected] or ["no GGUF variant in the catalog"]
-        plan.decisions.append(Decision("status", "infeasible", f"no GGUF variant fits this box with llama.cpp ({why})",
-                                        "planner/llamacpp.py"))
-        return plan
+        return _infeasible(plan, rejected, why)
     best = _pick(options, opts.goal, 0 if opts.context else model.min_thinking_context)
     return _fill(plan, best, options, rejected, hw, opts, model, eng, version, gpu, budget, gpu_bw, host_bw,
                  host_bw_source, why)
@@ -307,127 +352,202 @@ def _threads(hw: Hardware) -> tuple[int, str]:
     return 4, "4: the hardware document gives no CPU count"
 
 
-def _fill(plan, o: Option, options, rejected, hw, opts, model, eng, version, gpu, budget, gpu_bw, host_bw,
-          host_bw_source, why) -> Plan:
-    f = facts()
-    v, s, sh = o.variant, o.split, o.variant.model.shape
-    D = plan.decisions.append
-    plan.status = "ok"
+def _fill_engine(plan: Plan, eng, version: str, gpu, why: str) -> None:
+    """The engine block: the CUDA image with a GPU, the CPU image without one."""
     runtime = eng.runtime(version) or {}
     plan.engine = {"name": ENGINE, "version": version, "installed": None, "install": eng.install_command(version),
                    "image": eng.image(version) if gpu is not None else eng.image_cpu.format(version=version),
                    "base_image": None, "cuda": runtime.get("cuda") if gpu is not None else None,
                    "min_driver": runtime.get("min_driver") if gpu is not None else None, "branch": None}
-    D(Decision("engine", f"llama.cpp {version}", why, eng.supports_source))
-    served = opts.served_name or model.id
+    plan.decisions.append(Decision("engine", f"llama.cpp {version}", why, eng.supports_source))
+
+
+def _fill_variant(plan: Plan, v: Variant, served: str) -> None:
+    """The variant block: the GGUF file chosen and why it won."""
+    f = facts()
     plan.variant = {"id": v.id, "repo": v.repo, "revision": v.revision, "format": v.format, "name": v.name,
                     "gguf_file": v.raw["gguf_file"], "size_bytes": v.disk.total, "expert_bytes": v.disk.experts,
                     "non_expert_bytes": v.disk.non_expert, "mtp_bytes": v.disk.mtp, "vision_bytes": 0,
                     "has_mtp": v.has_mtp, "has_vision": False, "quality": v.quality, "served_model_name": served}
-    D(Decision("variant", v.id, f"{v.name}, file {v.raw['gguf_file']}: quality rank {v.quality} ({v.quality_note}); "
-               f"{gib(v.disk.total)} on disk; the best quality among GGUF plans predicted at least "
-               f"{f['speed_floor']:.0%} as fast as the fastest", "; ".join(v.sources[:2])))
+    plan.decisions.append(Decision(
+        "variant", v.id, f"{v.name}, file {v.raw['gguf_file']}: quality rank {v.quality} ({v.quality_note}); "
+        f"{gib(v.disk.total)} on disk; the best quality among GGUF plans predicted at least "
+        f"{f['speed_floor']:.0%} as fast as the fastest", "; ".join(v.sources[:2])))
+
+
+def _fill_parallel(plan: Plan, gpu) -> None:
+    """One GPU or none: llama.cpp plans never split a model across GPUs."""
     ids = [gpu.index] if gpu is not None else []
     plan.parallel = {"tensor": 1, "pipeline": 1, "data": 1, "expert": False, "nodes": 1, "gpu_ids": ids,
                      "gpu_uuids": [gpu.uuid] if gpu is not None and gpu.uuid else []}
     if gpu is not None and len(plan.hardware.get("gpus") or []) > 1:
         plan.warnings.append("llama.cpp plans use one GPU; the others stay idle")
-    threads, threads_reason = _threads(hw)
-    settings = Settings.of(model=v.repo, hf_repo=v.repo, hf_file=v.raw["gguf_file"], model_path=None,
-                           mmproj=None, served_model_name=served, host=opts.host, port=opts.port,
-                           max_model_len=o.context, max_num_seqs=o.slots, ctx_size=o.context * o.slots,
-                           parallel=o.slots, n_gpu_layers="all" if gpu is not None else 0, n_cpu_moe=o.n_cpu_moe if gpu else 0,
-                           cache_type_k=o.cache_type, cache_type_v=o.cache_type,
-                           flash_attn="on" if gpu is not None else "auto", threads=threads, load_mode="none",
-                           fit="off", ctx_checkpoints=f["ctx_checkpoints"], cache_ram_mib=o.cache_ram // MiB,
-                           speculative={"method": "draft-mtp", "num_speculative_tokens": 2} if o.mtp else None,
-                           jinja=True, reasoning_format=eng.parser("reasoning_parser")["value"], log_verbosity=4,
-                           kv_cache_dtype=o.cache_type, extra_args=[], env={}, api_key_env=eng.api_key_env,
-                           workarounds=[], tensor_parallel=1, data_parallel=1, pipeline_parallel=1)
+
+
+def _settings(o: Option, opts, eng, gpu, served: str, threads: int) -> Settings:
+    """The llama-server settings for option `o`."""
+    f = facts()
+    v = o.variant
+    return Settings.of(model=v.repo, hf_repo=v.repo, hf_file=v.raw["gguf_file"], model_path=None,
+                       mmproj=None, served_model_name=served, host=opts.host, port=opts.port,
+                       max_model_len=o.context, max_num_seqs=o.slots, ctx_size=o.context * o.slots,
+                       parallel=o.slots, n_gpu_layers="all" if gpu is not None else 0, n_cpu_moe=o.n_cpu_moe if gpu else 0,
+                       cache_type_k=o.cache_type, cache_type_v=o.cache_type,
+                       flash_attn="on" if gpu is not None else "auto", threads=threads, load_mode="none",
+                       fit="off", ctx_checkpoints=f["ctx_checkpoints"], cache_ram_mib=o.cache_ram // MiB,
+                       speculative={"method": "draft-mtp", "num_speculative_tokens": 2} if o.mtp else None,
+                       jinja=True, reasoning_format=eng.parser("reasoning_parser")["value"], log_verbosity=4,
+                       kv_cache_dtype=o.cache_type, extra_args=[], env={}, api_key_env=eng.api_key_env,
+                       workarounds=[], tensor_parallel=1, data_parallel=1, pipeline_parallel=1)
+
+
+def _placement_decision(o: Option, gpu) -> Decision:
+    """Where the weights go: -ngl all with the first layers' experts in host RAM, or all on the CPU."""
+    s, sh = o.split, o.variant.model.shape
     if gpu is not None:
-        D(Decision("placement", f"-ngl all, --n-cpu-moe {o.n_cpu_moe}",
-                   f"every layer and the output head on GPU {gpu.index}; the routed experts of the first "
-                   f"{o.n_cpu_moe} of {sh.layers} layers ({gib(s.experts_host)}) stay in host RAM, the other "
-                   f"{sh.layers - o.n_cpu_moe} layers' experts ({gib(s.experts_gpu)}) fill the GPU after weights "
-                   f"({gib(s.gpu - s.experts_gpu)}), KV cache and state ({gib(o.kv_bytes + o.state_bytes)}) and the "
-                   f"compute buffer ({gib(o.compute_gpu)}); each layer's experts are {gib(s.expert_layer)}",
-                   "profiles/flags/llamacpp-b11312.txt (--n-cpu-moe: keep the MoE weights of the first N layers in the CPU); "
-                   "profiles/memory.yaml llamacpp"))
-    else:
-        D(Decision("placement", "-ngl 0", "no usable NVIDIA GPU: every weight, the KV cache and the state in host RAM",
-                   "profiles/flags/llamacpp-b11312.txt (-ngl)"))
-    kv_tok = kv_bytes_per_token(sh, o.cache_type, o.cache_type, o.mtp)
-    D(Decision("parallel", "one GPU" if gpu is not None else "CPU",
-               f"llama-server on GPU {gpu.index} with the experts it cannot hold in host RAM" if gpu is not None else
-               "llama-server on the CPU", "https://github.com/ggml-org/llama.cpp/blob/master/tools/server/README.md"))
-    D(Decision("max_model_len", o.context,
-               (f"--context {opts.context}" if opts.context else f"the longest step of the {opts.goal} ladder that fits")
-               + f"; --ctx-size {o.context * o.slots:,} is shared by {o.slots} slot(s) (--parallel)"
-               + (f"; the KV cache may take at most {f['max_cache_share']:.0%} of the GPU so the rest holds experts"
-                  if gpu is not None else ""), f["policy_source"]))
-    D(Decision("max_num_seqs", o.slots, (f"--concurrency {opts.concurrency}" if opts.concurrency else
-               f"{o.slots} slot(s) for the {opts.goal} goal: on these boxes decode is bound by reading weights, "
-               f"and every slot holds its own DeltaNet state and checkpoints"), f["policy_source"]))
-    D(Decision("kv_cache_dtype", o.cache_type,
-               f"--cache-type-k/-v {o.cache_type}: {kv_tok:,} B/token over {sh.full_attention_layers} attention layers"
-               + (" (plus the MTP layer)" if o.mtp else "") + ("; f16 would not fit at this context" if o.cache_type != "f16" else ""),
-               "profiles/memory.yaml llamacpp cache_types (ggml block sizes)"))
-    D(Decision("enforce_eager", None, "not a llama.cpp setting (its CUDA backend captures graphs by itself)",
-               "profiles/flags/llamacpp-b11312.txt"))
-    D(Decision("expert_cache_size", None, f"no expert cache: --n-cpu-moe {settings.n_cpu_moe} decides once, at "
-               f"load, which layers' experts live in host RAM (see placement)", "profiles/flags/llamacpp-b11312.txt (--n-cpu-moe)"))
-    D(Decision("flash_attn", settings.flash_attn, "flash attention on the GPU: less compute buffer, quantized V cache allowed"
-               if gpu is not None else "auto: the CPU backend decides", "profiles/flags/llamacpp-b11312.txt (-fa)"))
-    D(Decision("threads", threads, threads_reason, "profiles/flags/llamacpp-b11312.txt (-t, --threads)"))
-    D(Decision("load_mode", "none", "weights are read into memory, not mapped: the experts kept in host RAM stay "
-               "resident (mapped pages can be dropped under memory pressure and re-read from disk mid-generation); "
-               "mlock would pin them too but needs RLIMIT_MEMLOCK raised, which a unit or container may not allow",
-               "profiles/flags/llamacpp-b11312.txt (--load-mode: none|mmap|mlock|mmap+mlock)"))
-    D(Decision("log_verbosity", 4, "llama-server prints its model, KV, recurrent-state and compute buffer sizes "
-               "only from verbosity 4: `qwenplan auto` sets them beside the plan's", "profiles/flags/llamacpp-b11312.txt (-lv, --verbosity)"))
-    D(Decision("fit", "off", "the plan sets every size itself; llama-server's own --fit would change them",
-               "profiles/flags/llamacpp-b11312.txt (--fit)"))
-    D(Decision("speculative", settings.speculative,
-               "MTP on: the GGUF carries the NextN head, 2 draft tokens" if o.mtp else
-               ("MTP off: this GGUF has no NextN head" if not v.has_mtp else "MTP off"),
-               "https://github.com/ggml-org/llama.cpp/pull/22673 (MTP: --spec-type draft-mtp)"))
-    D(Decision("host_ram", gib(o.host_total),
-               f"host-resident weights {gib(s.host)} (token embeddings{', experts' if s.experts_host else ''}), "
-               f"{f['ctx_checkpoints']} context checkpoints per slot ({gib(o.checkpoint_bytes)}), prompt cache "
-               f"--cache-ram {o.cache_ram // MiB} MiB, {gib(f['host_overhead_bytes'])} for the process"
-               + ("" if gpu is not None else f", KV cache and state {gib(o.kv_bytes + o.state_bytes)}"),
-               f["policy_source"]))
-    D(Decision("speed", f"~{o.tokens_per_s:.0f} tokens/s",
-               f"one sequence's decode, predicted by planner/speed.py's step roofline: {gib(s.non_expert)} of "
-               f"non-expert weights and {sh.experts_per_token}/{sh.experts} of the experts read per token"
-               + (f", GPU at {gpu_bw:.0f} GB/s" if gpu is not None else "")
-               + f", the experts in host RAM at {host_bw:.1f} GB/s x {f['host_efficiency']}"
-               + (f"; MTP yields {1 + speed.acceptance_for(v)[0] + speed.acceptance_for(v)[0] ** 2:.2f} tokens a step "
-                  f"at an assumed acceptance of {speed.acceptance_for(v)[0]}" if o.mtp else ""),
-               f"{host_bw_source}; profiles/speed.yaml (vLLM's fitted constants: no llama.cpp GPU run yet)"))
+        return Decision("placement", f"-ngl all, --n-cpu-moe {o.n_cpu_moe}",
+                        f"every layer and the output head on GPU {gpu.index}; the routed experts of the first "
+                        f"{o.n_cpu_moe} of {sh.layers} layers ({gib(s.experts_host)}) stay in host RAM, the other "
+                        f"{sh.layers - o.n_cpu_moe} layers' experts ({gib(s.experts_gpu)}) fill the GPU after weights "
+                        f"({gib(s.gpu - s.experts_gpu)}), KV cache and state ({gib(o.kv_bytes + o.state_bytes)}) and the "
+                        f"compute buffer ({gib(o.compute_gpu)}); each layer's experts are {gib(s.expert_layer)}",
+                        "profiles/flags/llamacpp-b11312.txt (--n-cpu-moe: keep the MoE weights of the first N layers in the CPU); "
+                        "profiles/memory.yaml llamacpp")
+    return Decision("placement", "-ngl 0", "no usable NVIDIA GPU: every weight, the KV cache and the state in host RAM",
+                    "profiles/flags/llamacpp-b11312.txt (-ngl)")
+
+
+def _shape_decisions(o: Option, opts, gpu, kv_tok: int) -> list[Decision]:
+    """Where llama-server runs, the context, the slots and the cache type."""
+    f = facts()
+    sh = o.variant.model.shape
+    return [
+        Decision("parallel", "one GPU" if gpu is not None else "CPU",
+                 f"llama-server on GPU {gpu.index} with the experts it cannot hold in host RAM" if gpu is not None else
+                 "llama-server on the CPU", "https://github.com/ggml-org/llama.cpp/blob/master/tools/server/README.md"),
+        Decision("max_model_len", o.context,
+                 (f"--context {opts.context}" if opts.context else f"the longest step of the {opts.goal} ladder that fits")
+                 + f"; --ctx-size {o.context * o.slots:,} is shared by {o.slots} slot(s) (--parallel)"
+                 + (f"; the KV cache may take at most {f['max_cache_share']:.0%} of the GPU so the rest holds experts"
+                    if gpu is not None else ""), f["policy_source"]),
+        Decision("max_num_seqs", o.slots, (f"--concurrency {opts.concurrency}" if opts.concurrency else
+                 f"{o.slots} slot(s) for the {opts.goal} goal: on these boxes decode is bound by reading weights, "
+                 f"and every slot holds its own DeltaNet state and checkpoints"), f["policy_source"]),
+        Decision("kv_cache_dtype", o.cache_type,
+                 f"--cache-type-k/-v {o.cache_type}: {kv_tok:,} B/token over {sh.full_attention_layers} attention layers"
+                 + (" (plus the MTP layer)" if o.mtp else "") + ("; f16 would not fit at this context" if o.cache_type != "f16" else ""),
+                 "profiles/memory.yaml llamacpp cache_types (ggml block sizes)"),
+    ]
+
+
+def _flag_decisions(o: Option, settings: Settings, gpu, threads: int, threads_reason: str) -> list[Decision]:
+    """The llama-server flags the plan sets (or leaves out) and why."""
+    v = o.variant
+    return [
+        Decision("enforce_eager", None, "not a llama.cpp setting (its CUDA backend captures graphs by itself)",
+                 "profiles/flags/llamacpp-b11312.txt"),
+        Decision("expert_cache_size", None, f"no expert cache: --n-cpu-moe {settings.n_cpu_moe} decides once, at "
+                 f"load, which layers' experts live in host RAM (see placement)", "profiles/flags/llamacpp-b11312.txt (--n-cpu-moe)"),
+        Decision("flash_attn", settings.flash_attn, "flash attention on the GPU: less compute buffer, quantized V cache allowed"
+                 if gpu is not None else "auto: the CPU backend decides", "profiles/flags/llamacpp-b11312.txt (-fa)"),
+        Decision("threads", threads, threads_reason, "profiles/flags/llamacpp-b11312.txt (-t, --threads)"),
+        Decision("load_mode", "none", "weights are read into memory, not mapped: the experts kept in host RAM stay "
+                 "resident (mapped pages can be dropped under memory pressure and re-read from disk mid-generation); "
+                 "mlock would pin them too but needs RLIMIT_MEMLOCK raised, which a unit or container may not allow",
+                 "profiles/flags/llamacpp-b11312.txt (--load-mode: none|mmap|mlock|mmap+mlock)"),
+        Decision("log_verbosity", 4, "llama-server prints its model, KV, recurrent-state and compute buffer sizes "
+                 "only from verbosity 4: `qwenplan auto` sets them beside the plan's", "profiles/flags/llamacpp-b11312.txt (-lv, --verbosity)"),
+        Decision("fit", "off", "the plan sets every size itself; llama-server's own --fit would change them",
+                 "profiles/flags/llamacpp-b11312.txt (--fit)"),
+        Decision("speculative", settings.speculative,
+                 "MTP on: the GGUF carries the NextN head, 2 draft tokens" if o.mtp else
+                 ("MTP off: this GGUF has no NextN head" if not v.has_mtp else "MTP off"),
+                 "https://github.com/ggml-org/llama.cpp/pull/22673 (MTP: --spec-type draft-mtp)"),
+    ]
+
+
+def _host_ram_decision(o: Option, gpu) -> Decision:
+    """What host RAM holds: the host-resident weights, checkpoints, prompt cache, and without a GPU the caches."""
+    f = facts()
+    s = o.split
+    return Decision("host_ram", gib(o.host_total),
+                    f"host-resident weights {gib(s.host)} (token embeddings{', experts' if s.experts_host else ''}), "
+                    f"{f['ctx_checkpoints']} context checkpoints per slot ({gib(o.checkpoint_bytes)}), prompt cache "
+                    f"--cache-ram {o.cache_ram // MiB} MiB, {gib(f['host_overhead_bytes'])} for the process"
+                    + ("" if gpu is not None else f", KV cache and state {gib(o.kv_bytes + o.state_bytes)}"),
+                    f["policy_source"])
+
+
+def _speed_decision(o: Option, gpu, gpu_bw, host_bw: float, host_bw_source: str) -> Decision:
+    """The predicted decode speed and the bandwidths it rests on."""
+    f = facts()
+    v, s, sh = o.variant, o.split, o.variant.model.shape
+    return Decision("speed", f"~{o.tokens_per_s:.0f} tokens/s",
+                    f"one sequence's decode, predicted by planner/speed.py's step roofline: {gib(s.non_expert)} of "
+                    f"non-expert weights and {sh.experts_per_token}/{sh.experts} of the experts read per token"
+                    + (f", GPU at {gpu_bw:.0f} GB/s" if gpu is not None else "")
+                    + f", the experts in host RAM at {host_bw:.1f} GB/s x {f['host_efficiency']}"
+                    + (f"; MTP yields {1 + speed.acceptance_for(v)[0] + speed.acceptance_for(v)[0] ** 2:.2f} tokens a step "
+                       f"at an assumed acceptance of {speed.acceptance_for(v)[0]}" if o.mtp else ""),
+                    f"{host_bw_source}; profiles/speed.yaml (vLLM's fitted constants: no llama.cpp GPU run yet)")
+
+
+def _listen(plan: Plan, opts) -> None:
+    """The listen address, with a warning when it is not loopback."""
     if opts.host not in ("127.0.0.1", "localhost", "::1"):
         plan.warnings.append(f"serving on {opts.host}: reachable from other machines; set LLAMA_API_KEY to require a key")
-    D(Decision("listen", f"{opts.host}:{opts.port}", "loopback only unless --host says otherwise", "policy: qwenplan security default"))
-    plan.settings = settings.to_dict()
-    plan.memory = _memory(o, gpu, budget, kv_tok)
+    plan.decisions.append(Decision("listen", f"{opts.host}:{opts.port}", "loopback only unless --host says otherwise",
+                                   "policy: qwenplan security default"))
+
+
+def _performance(o: Option, host_bw: float, host_bw_source: str) -> dict:
+    """One sequence's predicted decode and the assumptions behind it."""
+    f = facts()
     assumptions = [{"what": "one sequence decoding; the experts in host RAM read by the CPU at "
                              f"{host_bw:.1f} GB/s x {f['host_efficiency']}", "source": host_bw_source},
                    {"what": "vLLM's fitted step constants (no llama.cpp run on a GPU yet)", "source": "profiles/speed.yaml"}]
     if o.mtp:
-        acc, acc_source = speed.acceptance_for(v)
+        acc, acc_source = speed.acceptance_for(o.variant)
         assumptions.append({"what": f"MTP draft acceptance {acc:.0%} per token", "source": acc_source})
-    plan.performance = {"levels": {"c1": {"concurrency": 1, "tokens_per_s": round(o.tokens_per_s, 1), "ttft_s": None,
-                                           "tpot_ms": round(1000 / o.tokens_per_s, 2)}},
-                        "goal_concurrency": 1, "assumptions": assumptions}
-    for vid, reason in rejected:
-        plan.rejected.append(Rejected(vid, reason, ENGINE))
+    return {"levels": {"c1": {"concurrency": 1, "tokens_per_s": round(o.tokens_per_s, 1), "ttft_s": None,
+                              "tpot_ms": round(1000 / o.tokens_per_s, 2)}},
+            "goal_concurrency": 1, "assumptions": assumptions}
+
+
+def _alternatives(options, chosen: Variant) -> list[dict]:
+    """The other variants that fit, each at its longest context."""
     others = {}
     for a in options:
-        if a.variant.id != v.id and (a.variant.id not in others or a.context > others[a.variant.id].context):
+        if a.variant.id != chosen.id and (a.variant.id not in others or a.context > others[a.variant.id].context):
             others[a.variant.id] = a
-    plan.alternatives = [{"variant": a.variant.id, "engine": ENGINE, "max_model_len": a.context, "max_num_seqs": a.slots,
-                           "tensor": 1, "data": 1, "kv_cache_dtype": a.cache_type,
-                           "tokens_per_s": round(a.tokens_per_s, 1)} for a in others.values()]
+    return [{"variant": a.variant.id, "engine": ENGINE, "max_model_len": a.context, "max_num_seqs": a.slots,
+             "tensor": 1, "data": 1, "kv_cache_dtype": a.cache_type,
+             "tokens_per_s": round(a.tokens_per_s, 1)} for a in others.values()]
+
+
+def _fill(plan, o: Option, options, rejected, hw, opts, model, eng, version, gpu, budget, gpu_bw, host_bw,
+          host_bw_source, why) -> Plan:
+    v = o.variant
+    plan.status = "ok"
+    _fill_engine(plan, eng, version, gpu, why)
+    served = opts.served_name or model.id
+    _fill_variant(plan, v, served)
+    _fill_parallel(plan, gpu)
+    threads, threads_reason = _threads(hw)
+    settings = _settings(o, opts, eng, gpu, served, threads)
+    kv_tok = kv_bytes_per_token(v.model.shape, o.cache_type, o.cache_type, o.mtp)
+    plan.decisions.append(_placement_decision(o, gpu))
+    plan.decisions.extend(_shape_decisions(o, opts, gpu, kv_tok))
+    plan.decisions.extend(_flag_decisions(o, settings, gpu, threads, threads_reason))
+    plan.decisions.append(_host_ram_decision(o, gpu))
+    plan.decisions.append(_speed_decision(o, gpu, gpu_bw, host_bw, host_bw_source))
+    _listen(plan, opts)
+    plan.settings = settings.to_dict()
+    plan.memory = _memory(o, gpu, budget, kv_tok)
+    plan.performance = _performance(o, host_bw, host_bw_source)
+    for vid, reason in rejected:
+        plan.rejected.append(Rejected(vid, reason, ENGINE))
+    plan.alternatives = _alternatives(options, v)
     return plan
 
 

@@ -142,43 +142,46 @@ def main() -> int:
         LOCK.unlink(missing_ok=True)
 
 
-def run(args) -> int:
-    restore_leftovers()
-    wanted = args.k.split(",")
-    mutants = [m for m in yaml.safe_load(DATA.read_text())["mutants"]
-               if any(k in m["file"] or k in m["id"] for k in wanted)]
-    ids = [m["id"] for m in mutants]
-    assert len(set(ids)) == len(ids), "mutant ids must be unique"
-    if args.check:
-        stale = [(m["id"], locate(m)[3]) for m in mutants if locate(m)[2] is None]
-        for mid, why in stale:
-            print(f"STALE {mid}: {why}")
-        print(f"{len(mutants) - len(stale)} of {len(mutants)} mutations apply")
-        return 1 if stale else 0
-    signal.signal(signal.SIGTERM, _raise)
-    for d in args.deselect:
-        print(f"left out (fails without mutation): {d}")
-    per_file: dict[str, list[str]] = defaultdict(list)
-    unexplained = []
-    try:
-        for n, m in enumerate(mutants, 1):
-            status, secs = run_one(m, args.python, args.timeout, args.deselect)
-            note = ""
-            if status == "survived":
-                note = f"  equivalent: {m['equivalent']}" if m.get("equivalent") else \
-                       f"  known gap: {m['gap']}" if m.get("gap") else "  UNEXPLAINED"
-                if not (m.get("equivalent") or m.get("gap")):
-                    unexplained.append(m["id"])
-            if status.startswith("STALE"):
-                unexplained.append(m["id"])
-            kind = "equivalent" if status == "survived" and m.get("equivalent") else status.split()[0].lower()
-            status, _, by = status.partition(" by ")
-            per_file[m["file"]].append(kind)
-            print(f"[{n:>3}/{len(mutants)}] {status:<24} {secs:6.1f}s  {m['file']}: {m['id']}{note}"
-                  + (f"\n          by {by}" if by else ""), flush=True)
-    except (KeyboardInterrupt, Interrupted):
-        print("\ninterrupted: the file under mutation was restored", file=sys.stderr)
-        return 130
+def _check(mutants: list[dict]) -> int:
+    """--check: report the mutations that no longer apply to the code, without running tests."""
+    stale = [(m["id"], locate(m)[3]) for m in mutants if locate(m)[2] is None]
+    for mid, why in stale:
+        print(f"STALE {mid}: {why}")
+    print(f"{len(mutants) - len(stale)} of {len(mutants)} mutations apply")
+    return 1 if stale else 0
+
+
+def _survivor_note(m: dict, status: str) -> str:
+    """Why a survivor is acceptable (equivalent, known gap), or that nothing explains it."""
+    if status != "survived":
+        return ""
+    return f"  equivalent: {m['equivalent']}" if m.get("equivalent") else \
+           f"  known gap: {m['gap']}" if m.get("gap") else "  UNEXPLAINED"
+
+
+def _is_unexplained(m: dict, status: str) -> bool:
+    """A stale mutation, or a survivor with neither an equivalence nor a known gap written down."""
+    if status == "survived" and not (m.get("equivalent") or m.get("gap")):
+        return True
+    return status.startswith("STALE")
+
+
+def _run_all(mutants: list[dict], args, per_file: dict[str, list[str]], unexplained: list[str]) -> None:
+    """Run each mutant's tests, print its line, and tally its outcome per module."""
+    for n, m in enumerate(mutants, 1):
+        status, secs = run_one(m, args.python, args.timeout, args.deselect)
+        note = _survivor_note(m, status)
+        if _is_unexplained(m, status):
+            unexplained.append(m["id"])
+        kind = "equivalent" if status == "survived" and m.get("equivalent") else status.split()[0].lower()
+        status, _, by = status.partition(" by ")
+        per_file[m["file"]].append(kind)
+        print(f"[{n:>3}/{len(mutants)}] {status:<24} {secs:6.1f}s  {m['file']}: {m['id']}{note}"
+              + (f"\n          by {by}" if by else ""), flush=True)
+
+
+def _summary(per_file: dict[str, list[str]], unexplained: list[str]) -> int:
+    """The per-module table and the score against TARGET; 0 only if it is met and all is explained."""
     print("\nmodule                        killed / counted  (equivalent, stale)")
     total_k = total_c = 0
     for f in sorted(per_file):
@@ -194,6 +197,28 @@ def run(args) -> int:
     if unexplained:
         print("unexplained survivors or stale mutations: " + ", ".join(unexplained))
     return 0 if score >= TARGET and not unexplained else 1
+
+
+def run(args) -> int:
+    restore_leftovers()
+    wanted = args.k.split(",")
+    mutants = [m for m in yaml.safe_load(DATA.read_text())["mutants"]
+               if any(k in m["file"] or k in m["id"] for k in wanted)]
+    ids = [m["id"] for m in mutants]
+    assert len(set(ids)) == len(ids), "mutant ids must be unique"
+    if args.check:
+        return _check(mutants)
+    signal.signal(signal.SIGTERM, _raise)
+    for d in args.deselect:
+        print(f"left out (fails without mutation): {d}")
+    per_file: dict[str, list[str]] = defaultdict(list)
+    unexplained: list[str] = []
+    try:
+        _run_all(mutants, args, per_file, unexplained)
+    except (KeyboardInterrupt, Interrupted):
+        print("\ninterrupted: the file under mutation was restored", file=sys.stderr)
+        return 130
+    return _summary(per_file, unexplained)
 
 
 if __name__ == "__main__":

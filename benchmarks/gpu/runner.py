@@ -197,83 +197,110 @@ def model_kind(job: dict, plan: dict | None, argv: list[str]) -> str:
     return "bf16"
 
 
-def served_command(job: dict, plan: dict | None, queue: dict | None = None) -> tuple[list[str], dict[str, str], list[dict]]:
-    """(argv to exec, env additions, the changes made to the real command and why)."""
-    argv = list(plan["command"]["argv"] if plan else job["argv"])
-    env = dict((plan["command"].get("env") if plan else job.get("env")) or {})
-    changes: list[dict] = []
-    engine = engine_of(argv)
+def _split_entry(argv: list[str], engine: str, changes: list[dict]) -> list[str]:
+    """The arguments after the entry point, which the runner replaces with its own interpreter."""
     if engine == "vllm":
-        rest = argv[2:]
-    elif argv[:2] == ["sglang", "serve"]:
-        rest = argv[2:]
+        return argv[2:]
+    if argv[:2] == ["sglang", "serve"]:
         changes.append({"what": "sglang serve -> python3 -m sglang.launch_server",
                         "why": "the same server: `sglang serve` (sglang/cli/serve.py) runs launch_server's run_server on "
                                "prepare_server_args for a language model, after probing the path for a diffusion "
                                "model; the carried site has no console script"})
-    else:
-        rest = argv[3:]
-    kind = model_kind(job, plan, argv)
-    model_dir = str(CONFIGS / kind)
+        return argv[2:]
+    return argv[3:]
+
+
+def _flag_index(rest: list[str], flag: str) -> int:
+    """Where the flag first stands, as `--flag value` or `--flag=value`."""
+    return next(i for i, a in enumerate(rest) if a == flag or a.startswith(flag + "="))
+
+
+def _swap_model(rest: list[str], engine: str, model_dir: str, changes: list[dict]) -> None:
+    """Point the command at the dummy config folder: no checkpoint is on the machine."""
     model_flags = ("--model",) if engine == "vllm" else ("--model-path", "--model")
     model_flag = next((f for f in model_flags if has_flag(rest, f)), None)
     if rest and not rest[0].startswith("-") and engine == "vllm":
         changes.append({"what": f"model {rest[0]} -> {model_dir}", "why": "config.json only (dummy weights)"})
         rest[0] = model_dir
     elif model_flag:
-        i = next(i for i, a in enumerate(rest) if a == model_flag or a.startswith(model_flag + "="))
+        i = _flag_index(rest, model_flag)
         old = flag_value(rest, model_flag)
         if rest[i] == model_flag:
             rest[i + 1] = model_dir
         else:
             rest[i] = f"{model_flag}={model_dir}"
         changes.append({"what": f"model {old} -> {model_dir}", "why": "config.json only (dummy weights)"})
-    drop, why = dropped_without_tokenizer(engine_version(job, plan, engine, site_dir(queue)), engine)
+
+
+def _drop_tokenizer_flags(rest: list[str], drop: list[tuple[str, int]], why: str, changes: list[dict]) -> None:
+    """Remove the flags that need tokenizer files, which dummy serving does not have."""
     for flag, nval in drop:
         while has_flag(rest, flag):
-            i = next(i for i, a in enumerate(rest) if a == flag or a.startswith(flag + "="))
+            i = _flag_index(rest, flag)
             n = 1 + (nval if rest[i] == flag else 0)
             changes.append({"what": f"drop {' '.join(rest[i:i + n])}", "why": why})
             del rest[i:i + n]
+
+
+def _add_dummy_flags(rest: list[str], engine: str, job: dict, queue: dict | None, changes: list[dict]) -> None:
+    """Add what dummy serving needs (the engine's, the queue's, the job's) unless already given."""
     base = DUMMY_FLAGS if engine == "vllm" else SGLANG_DUMMY_FLAGS
     for flag, value, why in base + [tuple(x) for x in (queue or {}).get("dummy_flags", []) + job.get("dummy_flags", [])]:
         if has_flag(rest, flag):
             continue
         rest += [flag] + ([value] if value is not None else [])
         changes.append({"what": f"add {flag}{' ' + value if value else ''}", "why": why})
-    rates = job.get("synthetic_acceptance")
+
+
+def _synthetic_vllm(rest: list[str], rates: list | None, changes: list[dict]) -> None:
+    """Random weights accept no draft token; vLLM's synthetic rejection sampler accepts at
+    given per-position rates instead (vllm/config/speculative.py rejection_sample_method)."""
     spec = flag_value(rest, "--speculative-config")
-    if rates and spec:
-        # Random weights accept no draft token; vLLM's synthetic rejection sampler accepts at
-        # given per-position rates instead (vllm/config/speculative.py rejection_sample_method).
-        i = rest.index("--speculative-config")
-        cfg = {**json.loads(spec), "rejection_sample_method": "synthetic", "synthetic_acceptance_rates": rates}
-        rest[i + 1] = json.dumps(cfg, separators=(",", ":"))
-        changes.append({"what": f"speculative config + synthetic acceptance {rates}",
-                        "why": "dummy weights accept no draft; the synthetic sampler accepts at the plan's assumed rate"})
-    if rates and engine == "sglang" and has_flag(rest, "--speculative-algorithm"):
-        # The same per-position rates as for vLLM, as SGLang's one figure: the mean accepted length
-        # per verify step, bonus token included (1 + r1 + r2 + ...).
-        length = round(1 + sum(rates), 4)
-        env[SGLANG_SIMULATE[0]], env[SGLANG_SIMULATE[1]] = str(length), SGLANG_SIMULATE[2]
-        changes.append({"what": f"env {SGLANG_SIMULATE[0]}={length} {SGLANG_SIMULATE[1]}={SGLANG_SIMULATE[2]}",
-                        "why": f"dummy weights accept no draft; SGLang's simulated acceptance accepts {length} tokens a "
-                               f"step on average (per-position rates {rates})"})
-    elif rates and engine == "sglang":
+    if not (rates and spec):
+        return
+    i = rest.index("--speculative-config")
+    cfg = {**json.loads(spec), "rejection_sample_method": "synthetic", "synthetic_acceptance_rates": rates}
+    rest[i + 1] = json.dumps(cfg, separators=(",", ":"))
+    changes.append({"what": f"speculative config + synthetic acceptance {rates}",
+                    "why": "dummy weights accept no draft; the synthetic sampler accepts at the plan's assumed rate"})
+
+
+def _synthetic_sglang(rest: list[str], env: dict[str, str], rates: list | None, changes: list[dict]) -> None:
+    """The same per-position rates as for vLLM, as SGLang's one figure: the mean accepted length
+    per verify step, bonus token included (1 + r1 + r2 + ...)."""
+    if not rates:
+        return
+    if not has_flag(rest, "--speculative-algorithm"):
         raise ValueError("synthetic_acceptance on an SGLang command without --speculative-algorithm")
-    if "CUDA_VISIBLE_DEVICES" in env:
-        n = len([x for x in env["CUDA_VISIBLE_DEVICES"].split(",") if x.strip()])
-        new = ",".join(str(i) for i in range(n))
-        if env["CUDA_VISIBLE_DEVICES"] != new:
-            changes.append({"what": f"CUDA_VISIBLE_DEVICES {env['CUDA_VISIBLE_DEVICES']} -> {new}",
-                            "why": "the plan is a what-if for this GPU model; this machine's GPUs are 0..n-1"})
-            env["CUDA_VISIBLE_DEVICES"] = new
-    if engine == "vllm":
-        for k, v in DUMMY_ENV.items():
-            if k not in env:
-                env[k] = v
-        changes.append({"what": "env VLLM_USE_FLASHINFER_SAMPLER=0", "why": "FlashInfer is not installed"})
-        return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve"] + rest, env, changes
+    length = round(1 + sum(rates), 4)
+    env[SGLANG_SIMULATE[0]], env[SGLANG_SIMULATE[1]] = str(length), SGLANG_SIMULATE[2]
+    changes.append({"what": f"env {SGLANG_SIMULATE[0]}={length} {SGLANG_SIMULATE[1]}={SGLANG_SIMULATE[2]}",
+                    "why": f"dummy weights accept no draft; SGLang's simulated acceptance accepts {length} tokens a "
+                           f"step on average (per-position rates {rates})"})
+
+
+def _renumber_gpus(env: dict[str, str], changes: list[dict]) -> None:
+    """A what-if plan may name GPUs of another box; this machine's GPUs are 0..n-1."""
+    if "CUDA_VISIBLE_DEVICES" not in env:
+        return
+    n = len([x for x in env["CUDA_VISIBLE_DEVICES"].split(",") if x.strip()])
+    new = ",".join(str(i) for i in range(n))
+    if env["CUDA_VISIBLE_DEVICES"] != new:
+        changes.append({"what": f"CUDA_VISIBLE_DEVICES {env['CUDA_VISIBLE_DEVICES']} -> {new}",
+                        "why": "the plan is a what-if for this GPU model; this machine's GPUs are 0..n-1"})
+        env["CUDA_VISIBLE_DEVICES"] = new
+
+
+def _vllm_env(env: dict[str, str], changes: list[dict]) -> None:
+    """DUMMY_ENV under what the command already sets: no FlashInfer, unbuffered log, no NVLS."""
+    for k, v in DUMMY_ENV.items():
+        if k not in env:
+            env[k] = v
+    changes.append({"what": "env VLLM_USE_FLASHINFER_SAMPLER=0", "why": "FlashInfer is not installed"})
+
+
+def _sglang_env(env: dict[str, str], job: dict, queue: dict | None, changes: list[dict]) -> None:
+    """The queue's and the job's dummy_env (each with its reason), then the machines' defaults."""
     for k, (v, why) in {**(queue or {}).get("dummy_env", {}), **job.get("dummy_env", {})}.items():
         if env.get(k) != v:
             env[k] = v
@@ -281,6 +308,28 @@ def served_command(job: dict, plan: dict | None, queue: dict | None = None) -> t
     for k, v in (("PYTHONUNBUFFERED", "1"), ("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"),
                  ("NVSHMEM_DISABLE_NVLS", "1")):
         env.setdefault(k, v)     # as for vLLM: unbuffered log; the machines' rule for several GPUs
+
+
+def served_command(job: dict, plan: dict | None, queue: dict | None = None) -> tuple[list[str], dict[str, str], list[dict]]:
+    """(argv to exec, env additions, the changes made to the real command and why)."""
+    argv = list(plan["command"]["argv"] if plan else job["argv"])
+    env = dict((plan["command"].get("env") if plan else job.get("env")) or {})
+    changes: list[dict] = []
+    engine = engine_of(argv)
+    rest = _split_entry(argv, engine, changes)
+    _swap_model(rest, engine, str(CONFIGS / model_kind(job, plan, argv)), changes)
+    drop, why = dropped_without_tokenizer(engine_version(job, plan, engine, site_dir(queue)), engine)
+    _drop_tokenizer_flags(rest, drop, why, changes)
+    _add_dummy_flags(rest, engine, job, queue, changes)
+    rates = job.get("synthetic_acceptance")
+    _synthetic_vllm(rest, rates, changes)
+    if engine == "sglang":
+        _synthetic_sglang(rest, env, rates, changes)
+    _renumber_gpus(env, changes)
+    if engine == "vllm":
+        _vllm_env(env, changes)
+        return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve"] + rest, env, changes
+    _sglang_env(env, job, queue, changes)
     return [sys.executable] + SGLANG_ENTRY + rest, env, changes
 
 
@@ -345,80 +394,67 @@ def server_info(port: int) -> dict | None:
         return None
 
 
-def run_job(job: dict, results: Path, el, queue: dict | None = None) -> dict:
-    name = job["name"]
-    d = results / name
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "started").write_text(str(job.get("attempt", 1)))
-    plan = json.loads((REPO / job["plan"]).read_text()) if job.get("plan") else None
-    res: dict = {"name": name, "attempt": job.get("attempt", 1), "kind": job.get("kind", "plan" if plan else "baseline"), "plan": job.get("plan"),
-                 "note": job.get("note"), "gpus": gpu_info()}
-    try:
-        cmd, env_add, changes = served_command(job, plan, queue)
-        engine = engine_of(plan["command"]["argv"] if plan else job["argv"])
-    except Exception as e:  # noqa: BLE001
-        res.update(status="not-run", error=str(e))
-        (d / "result.json").write_text(json.dumps(res, indent=1))
-        return res
-    site = site_dir(queue)
-    head = 1 + len(SGLANG_ENTRY) if engine == "sglang" else 4     # python3 -m ... [serve]
-    res.update(engine=engine, real_argv=(plan["command"]["argv"] if plan else job["argv"]),
-               real_env=((plan["command"].get("env") if plan else job.get("env")) or {}),
-               served_argv=cmd[head:], served_env=env_add, changes=changes)
-    if engine == "sglang":
-        res["engine_version"] = installed_version("sglang", site)
-    port = int(flag_value(cmd, "--port") or (SGLANG_DEFAULT_PORT if engine == "sglang" else 8000))
+def _real_command(job: dict, plan: dict | None) -> tuple[list[str], dict]:
+    """The command as the plan or the job gives it, before any dummy-serving change."""
+    return (plan["command"]["argv"] if plan else job["argv"]), ((plan["command"].get("env") if plan else job.get("env")) or {})
+
+
+def _serve_env(env_add: dict[str, str], site: str | None) -> dict[str, str]:
+    """The runner's environment with the command's additions, the carried site importable."""
     env = dict(os.environ)
     env.update(env_add)
     if site:
         env["PYTHONPATH"] = site
-    wait_gpu_free()
-    res["gpu_used_mib_before"] = gpu_used_mib()
-    log(f"{name}: {' '.join(cmd[head:])}")
-    logf = open(d / "serve.log", "w")
-    if engine == "sglang":
-        # SGLang logs neither its version nor the GPU's total (it reads the total from nvidia-smi
-        # for its defaults): the run's own record heads the log, marked as the runner's.
-        g = (res["gpus"] or [{}])[0]
-        logf.write(f"[qwenplan runner] sglang=={res['engine_version']} from {site}; nvidia-smi GPU 0: "
-                   f"{g.get('name')}, memory.total {g.get('memory_total_mib')} MiB\n")
-        logf.flush()
-    t0 = time.time()
-    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=str(REPO),
-                            start_new_session=True)
-    ready = None
-    limit = float(job.get("ready_timeout", 720))
+    return env
+
+
+def _wait_ready(proc, port: int, limit: float, t0: float) -> float | None:
+    """Seconds until /health answers; None if the server exits or the limit passes first."""
     while time.time() - t0 < limit:
         if healthy(port):
-            ready = time.time() - t0
-            break
+            return time.time() - t0
         if proc.poll() is not None:
-            break
+            return None
         time.sleep(1)
-    res["ready_seconds"] = round(ready, 1) if ready is not None else None
-    res["status"] = "ready" if ready is not None else ("exited" if proc.poll() is not None else "timeout")
-    log(f"{name}: {res['status']} after {time.time() - t0:.0f} s")
-    if ready is not None:
-        res["gpu_used_mib_ready"] = gpu_used_mib()
-        if engine == "sglang":
-            info = server_info(port)
-            if info is not None:
-                (d / "server_info.json").write_text(json.dumps(info, indent=1, default=str))
-                res["engine_version"] = info.get("version") or res.get("engine_version")
-        if job.get("load", True):
-            try:
-                lp = subprocess.run([sys.executable, str(HERE / "load.py"), "--port", str(port),
-                                     "--out", str(d / "load.json")] + (["--quick"] if job.get("quick") else [])
-                                    + (["--api", "sglang"] if engine == "sglang" else []),
-                                    capture_output=True, text=True, timeout=float(job.get("load_timeout", 420)))
-                (d / "load.out").write_text(lp.stdout + lp.stderr)
-                if (d / "load.json").exists():
-                    res["load"] = json.loads((d / "load.json").read_text())
-                else:
-                    res["load_error"] = (lp.stdout + lp.stderr)[-2000:]
-            except subprocess.TimeoutExpired as e:
-                res["load_error"] = f"load timed out after {e.timeout} s"
-        res["gpu_used_mib_after_load"] = gpu_used_mib()
+    return None
+
+
+def _run_load(job: dict, d: Path, port: int, engine: str, res: dict) -> None:
+    """load.py against the ready server; its report (or why there is none) goes into res."""
+    try:
+        lp = subprocess.run([sys.executable, str(HERE / "load.py"), "--port", str(port),
+                             "--out", str(d / "load.json")] + (["--quick"] if job.get("quick") else [])
+                            + (["--api", "sglang"] if engine == "sglang" else []),
+                            capture_output=True, text=True, timeout=float(job.get("load_timeout", 420)))
+        (d / "load.out").write_text(lp.stdout + lp.stderr)
+        if (d / "load.json").exists():
+            res["load"] = json.loads((d / "load.json").read_text())
+        else:
+            res["load_error"] = (lp.stdout + lp.stderr)[-2000:]
+    except subprocess.TimeoutExpired as e:
+        res["load_error"] = f"load timed out after {e.timeout} s"
+
+
+def _record_sglang_info(port: int, d: Path, res: dict) -> None:
+    """SGLang's resolved arguments, and the version it reports over the dist-info's."""
+    info = server_info(port)
+    if info is not None:
+        (d / "server_info.json").write_text(json.dumps(info, indent=1, default=str))
+        res["engine_version"] = info.get("version") or res.get("engine_version")
+
+
+def _when_ready(job: dict, d: Path, port: int, engine: str, res: dict) -> None:
+    """What a ready server is measured for: memory, SGLang's own record, the load."""
+    res["gpu_used_mib_ready"] = gpu_used_mib()
+    if engine == "sglang":
+        _record_sglang_info(port, d, res)
+    if job.get("load", True):
+        _run_load(job, d, port, engine, res)
+    res["gpu_used_mib_after_load"] = gpu_used_mib()
+
+
+def _stop(proc, engine: str) -> None:
+    """Stop the server's process group, forcibly if it lingers; SGLang's helpers always forcibly."""
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -434,9 +470,19 @@ def run_job(job: dict, results: Path, el, queue: dict | None = None) -> dict:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    res["exit_code"] = proc.returncode
-    res["wall_seconds"] = round(time.time() - t0, 1)
-    logf.close()
+
+
+def _sglang_log_head(logf, res: dict, site: str | None) -> None:
+    """SGLang logs neither its version nor the GPU's total (it reads the total from nvidia-smi
+    for its defaults): the run's own record heads the log, marked as the runner's."""
+    g = (res["gpus"] or [{}])[0]
+    logf.write(f"[qwenplan runner] sglang=={res['engine_version']} from {site}; nvidia-smi GPU 0: "
+               f"{g.get('name')}, memory.total {g.get('memory_total_mib')} MiB\n")
+    logf.flush()
+
+
+def _parse_log(d: Path, el, res: dict) -> None:
+    """What the engine's log tells: memory, the extra figures, the last error lines."""
     lines = (d / "serve.log").read_text(errors="replace").splitlines()
     rep = el.parse_memory(lines)
     res["memory"] = rep.to_dict()
@@ -444,6 +490,52 @@ def run_job(job: dict, results: Path, el, queue: dict | None = None) -> dict:
     res["extras"] = extras(lines)
     errs = [ln for ln in lines if re.search(r"\b(Error|ERROR|Traceback)\b", ln)]
     res["error_lines"] = errs[-8:]
+
+
+def run_job(job: dict, results: Path, el, queue: dict | None = None) -> dict:
+    name = job["name"]
+    d = results / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "started").write_text(str(job.get("attempt", 1)))
+    plan = json.loads((REPO / job["plan"]).read_text()) if job.get("plan") else None
+    res: dict = {"name": name, "attempt": job.get("attempt", 1), "kind": job.get("kind", "plan" if plan else "baseline"), "plan": job.get("plan"),
+                 "note": job.get("note"), "gpus": gpu_info()}
+    try:
+        cmd, env_add, changes = served_command(job, plan, queue)
+        engine = engine_of(_real_command(job, plan)[0])
+    except Exception as e:  # noqa: BLE001
+        res.update(status="not-run", error=str(e))
+        (d / "result.json").write_text(json.dumps(res, indent=1))
+        return res
+    site = site_dir(queue)
+    head = 1 + len(SGLANG_ENTRY) if engine == "sglang" else 4     # python3 -m ... [serve]
+    real_argv, real_env = _real_command(job, plan)
+    res.update(engine=engine, real_argv=real_argv, real_env=real_env,
+               served_argv=cmd[head:], served_env=env_add, changes=changes)
+    if engine == "sglang":
+        res["engine_version"] = installed_version("sglang", site)
+    port = int(flag_value(cmd, "--port") or (SGLANG_DEFAULT_PORT if engine == "sglang" else 8000))
+    env = _serve_env(env_add, site)
+    wait_gpu_free()
+    res["gpu_used_mib_before"] = gpu_used_mib()
+    log(f"{name}: {' '.join(cmd[head:])}")
+    logf = open(d / "serve.log", "w")
+    if engine == "sglang":
+        _sglang_log_head(logf, res, site)
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=str(REPO),
+                            start_new_session=True)
+    ready = _wait_ready(proc, port, float(job.get("ready_timeout", 720)), t0)
+    res["ready_seconds"] = round(ready, 1) if ready is not None else None
+    res["status"] = "ready" if ready is not None else ("exited" if proc.poll() is not None else "timeout")
+    log(f"{name}: {res['status']} after {time.time() - t0:.0f} s")
+    if ready is not None:
+        _when_ready(job, d, port, engine, res)
+    _stop(proc, engine)
+    res["exit_code"] = proc.returncode
+    res["wall_seconds"] = round(time.time() - t0, 1)
+    logf.close()
+    _parse_log(d, el, res)
     (d / "result.json").write_text(json.dumps(res, indent=1))
     return res
 

@@ -459,9 +459,20 @@ def squatter(engine: Engine, port: int) -> str | None:
 
     ours = {engine.pid}
     try:
-        ours |= {c.pid for c in psutil.Process(engine.pid).children(recursive=True)}
+        procs = [psutil.Process(engine.pid)]
+        procs += procs[0].children(recursive=True)
+        ours |= {p.pid for p in procs}
     except psutil.Error:
-        pass
+        procs = []
+    # Ask our own processes first: a socket that two processes hold (a port handed over on
+    # start-up) is listed system-wide under one pid only, which may be the other holder's.
+    for proc in procs:
+        try:
+            if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                   for c in proc.net_connections(kind="inet")):
+                return None
+        except psutil.Error:
+            continue
     try:
         pids = {c.pid for c in psutil.net_connections(kind="inet")
                 if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port}
